@@ -1,0 +1,117 @@
+"""The K2 model against itself: the fast paths agree with the reference paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kimi_k2.config import preset
+from kimi_k2.model import ContiguousLatentCache, ForwardStats, random_model
+from kimi_k2.model.generate import greedy_decode
+from kimi_k2.model.moe import experts_grouped, experts_loop
+from kimi_k2.model.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_correction_range
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a - b).abs().max().item() <= 1e-4 * max(1.0, a.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model(preset("tiny"), seed=1).eval()
+
+
+def test_k2_yarn_range_is_19_to_20():
+    cfg = preset("kimi-k2")
+    assert yarn_correction_range(64, 50000.0, 4096, 1.0, 1.0) == (19, 20)
+    inv = rope_inv_freq(cfg)
+    plain = 1.0 / (50000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
+    assert torch.equal(inv[:20], plain[:20])
+    assert torch.allclose(inv[20:], plain[20:] / 32.0)
+
+
+def test_k2_softmax_scale_matches_spec():
+    assert preset("kimi-k2").softmax_scale == pytest.approx(0.13086079996295005, rel=1e-15)
+    cfg = preset("kimi-k2").replace(rope_scaling={**preset("kimi-k2").rope_scaling, "factor": 64.0})
+    assert cfg.softmax_scale == pytest.approx(0.14467962580268923, rel=1e-15)
+
+
+def test_rope_rotates_interleaved_pairs():
+    x = torch.randn(3, 8)
+    cos, sin = rope_cos_sin(torch.tensor([1.0, 0.5, 0.25, 0.125]), torch.arange(3))
+    y = apply_rope(x, cos, sin)
+    # pair i = (x[2i], x[2i+1]) rotated by pos * inv_freq[i]: norms of pairs are preserved
+    assert torch.allclose(x.view(3, 4, 2).norm(dim=-1), y.view(3, 4, 2).norm(dim=-1), atol=1e-6)
+    angle = 2 * 0.5  # position 2, frequency 0.5
+    a, b = x[2, 2], x[2, 3]
+    assert y[2, 2].item() == pytest.approx((a * torch.cos(torch.tensor(angle)) - b * torch.sin(torch.tensor(angle))).item(), abs=1e-6)
+
+
+def test_absorbed_matches_naive(tiny):
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 33))
+    with torch.no_grad():
+        naive = tiny.set_paths(attention="naive")(ids)
+        absorbed = tiny.set_paths(attention="absorbed")(ids)
+    tiny.set_paths(attention="naive")
+    assert close(naive, absorbed)
+
+
+def test_grouped_experts_match_loop(tiny):
+    moe = tiny.model.layers[1].mlp
+    x = torch.randn(37, tiny.config.hidden_size)
+    routing = moe.gate(x)
+    with torch.no_grad():
+        assert close(experts_loop(moe.experts, x, routing), experts_grouped(moe.experts, x, routing))
+
+
+def test_cached_decode_matches_full_forward(tiny):
+    ids = torch.randint(0, tiny.config.vocab_size, (1, 24))
+    for path in ("naive", "absorbed"):
+        tiny.set_paths(attention=path)
+        cache = ContiguousLatentCache(tiny.config, 1, 24)
+        with torch.no_grad():
+            full = tiny(ids)
+            cache.prepare(torch.arange(0, 10).unsqueeze(0))
+            parts = [tiny(ids[:, :10], positions=torch.arange(0, 10).unsqueeze(0), cache=cache)]
+            for t in range(10, 24):
+                pos = torch.tensor([[t]])
+                cache.prepare(pos)
+                parts.append(tiny(ids[:, t : t + 1], positions=pos, cache=cache))
+        assert close(full, torch.cat(parts, dim=1)), path
+    tiny.set_paths(attention="naive")
+
+
+def test_greedy_with_cache_equals_without(tiny):
+    prompt = torch.randint(0, tiny.config.vocab_size, (12,)).tolist()
+    tiny.set_paths(attention="absorbed")
+    cached = greedy_decode(tiny, prompt, 20, use_cache=True)
+    tiny.set_paths(attention="naive")
+    assert cached == greedy_decode(tiny, prompt, 20, use_cache=False)
+
+
+def test_padding_does_not_change_real_tokens(tiny):
+    a = torch.randint(0, tiny.config.vocab_size, (1, 9))
+    padded = torch.cat([a, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1] * 9 + [0] * 5])
+    with torch.no_grad():
+        assert close(tiny(a), tiny(padded, attention_mask=mask)[:, :9])
+
+
+def test_stats_collect_max_logits_and_expert_load(tiny):
+    stats = ForwardStats()
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        tiny(ids, stats=stats)
+    cfg = tiny.config
+    assert len(stats.max_logits) == cfg.num_hidden_layers
+    assert stats.max_logits[0].shape == (cfg.num_attention_heads,)
+    assert len(stats.expert_counts) == cfg.num_moe_layers
+    assert int(stats.expert_counts[0].sum()) == 2 * 16 * cfg.num_experts_per_tok
+
+
+def test_meta_build_allocates_nothing():
+    from kimi_k2.model import build_model
+
+    model = build_model(preset("kimi-k2"))
+    assert all(p.is_meta for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) + 60 * 384 == 1_026_408_232_448
