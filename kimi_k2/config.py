@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("kimi_k2")
 
 SUPPORTED_MODEL_TYPES = ("kimi_k2", "deepseek_v3", "deepseek_v2")
 SUPPORTED_SCORING = ("sigmoid",)
@@ -246,11 +249,19 @@ class ModelConfig:
         elif "rope_scaling" in raw:
             kwargs["rope_scaling"] = None
         try:
-            return cls(**kwargs)
+            cfg = cls(**kwargs)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
         except TypeError as exc:
             raise ValueError(f"{source}: {exc}") from None
+        if cfg.num_nextn_predict_layers:
+            log.info(
+                "%s: num_nextn_predict_layers=%d: the multi-token-prediction layer is not used for generation; "
+                "its weights will be skipped",
+                source,
+                cfg.num_nextn_predict_layers,
+            )
+        return cfg
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ModelConfig:
