@@ -20,6 +20,7 @@ from torch import nn
 from kimi_k2.config import ModelConfig
 from kimi_k2.model.attention import MLA, LatentCache
 from kimi_k2.model.moe import MLP, MoE
+from kimi_k2.model.linear import Linear
 from kimi_k2.model.norm import RMSNorm
 from kimi_k2.model.rope import rope_cos_sin, rope_inv_freq, yarn_attention_factor
 
@@ -87,7 +88,7 @@ class KimiK2ForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = KimiK2Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # Derived from the config, not loaded: kept off the state_dict and recomputed on first use per device.
         self._inv_freq = rope_inv_freq(cfg)
         self._rope_attention_factor = yarn_attention_factor(cfg)
