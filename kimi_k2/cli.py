@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "kimi_k2.info",
     "kimi_k2.demo",
+    "kimi_k2.planner.cli",
 ]
 
 
