@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "kimi_k2.info",
     "kimi_k2.demo",
     "kimi_k2.planner.cli",
+    "kimi_k2.tokenizer.cli",
 ]
 
 
