@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "kimi_k2.demo",
     "kimi_k2.planner.cli",
     "kimi_k2.tokenizer.cli",
+    "kimi_k2.checkpoint.cli",
 ]
 
 

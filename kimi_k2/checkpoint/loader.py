@@ -1,38 +1,74 @@
-"""Load an HF-layout checkpoint into a KimiK2ForCausalLM.
+"""Load an HF-layout checkpoint (unquantized, block FP8 or INT4) into a KimiK2ForCausalLM.
 
-The model is built on the meta device and each tensor is read lazily from its memory-mapped shard, converted
-to the target dtype and assigned, one at a time: nothing but the result and the tensor in flight is resident.
-Tensors the model does not use (the stray `rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a
-one-line notice on the `kimi_k2` logger; anything else that does not fit is an error naming the tensor.
+Order of work: validate the config, index and every shard header (`validate.py`, no weight bytes read, all
+problems reported at once) → build the model on the meta device, swapping in `FP8Linear` / `Int4Linear` where
+the chosen `weights` format keeps weights quantized → read each parameter's tensors with positioned reads,
+convert them to the target (cast, dequantize, keep, or quantize) and assign, one parameter at a time. Peak
+memory is the finished model plus one parameter in flight (plus its dequantization temporaries).
+
+`weights` chooses what the linear layers hold:
+  "dequantize" (default) every Linear dense in `dtype` (FP8 / INT4 checkpoints are dequantized on load)
+  "fp8"        block-FP8 storage, dequantized on the fly (bf16 checkpoints are quantized on load)
+  "int4"       routed experts int4 (K2-Thinking's scheme or the checkpoint's own ignore list), the rest dense
+  "auto"       whatever the checkpoint stores
+Tensors the model does not use (`rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a one-line
+notice on the `kimi_k2` logger.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections import defaultdict
+import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from torch import nn
+from tqdm import tqdm
 
-from kimi_k2.checkpoint.index import read_weight_map
+from kimi_k2.checkpoint.scheme import DEFAULT_SCHEMES, NO_QUANT, QuantScheme
+from kimi_k2.checkpoint.sources import CheckpointReader, materialize
+from kimi_k2.checkpoint.validate import check_checkpoint, ignored_reason, model_inventory
 from kimi_k2.config import ModelConfig
+from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.transformer import KimiK2ForCausalLM, build_model
+
+__all__ = ["WEIGHT_FORMATS", "ignored_reason", "load_model", "quantize_linears", "target_scheme"]
 
 log = logging.getLogger("kimi_k2")
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+WEIGHT_FORMATS = ("dequantize", "fp8", "int4", "auto")
 
 
-def ignored_reason(name: str, cfg: ModelConfig) -> str | None:
-    """Why a checkpoint tensor is deliberately not loaded, or None if the model should have it."""
-    if name.endswith("rotary_emb.inv_freq"):
-        return "rotary inv_freq buffers (recomputed from the config)"
-    match = _LAYER.match(name)
-    if match and int(match.group(1)) >= cfg.num_hidden_layers:
-        return "multi-token-prediction (MTP) layer weights (not used for generation)"
-    return None
+def target_scheme(weights: str, stored: QuantScheme) -> QuantScheme:
+    """The scheme the loaded model keeps, for a `weights` choice and the checkpoint's stored scheme."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
+    if weights == "dequantize":
+        return NO_QUANT
+    if weights == "auto" or weights == stored.method:
+        return stored
+    return DEFAULT_SCHEMES[weights]
+
+
+def quantize_linears(model: nn.Module, scheme: QuantScheme, dtype: torch.dtype) -> nn.Module:
+    """Replace every Linear that `scheme` quantizes by an empty FP8Linear / Int4Linear on the same device."""
+    if scheme.method == "none":
+        return model
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or not scheme.quantizes(name):
+            continue
+        device = module.weight.device
+        if scheme.method == "fp8":
+            new: nn.Module = FP8Linear(
+                module.in_features, module.out_features, module.bias is not None, block=scheme.block, dtype=dtype, device=device
+            )
+        else:
+            new = Int4Linear(
+                module.in_features, module.out_features, module.bias is not None, group_size=scheme.group_size, dtype=dtype, device=device
+            )
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
 
 
 def load_model(
@@ -42,49 +78,46 @@ def load_model(
     *,
     attention: str = "naive",
     experts: str = "grouped",
+    weights: str = "dequantize",
 ) -> KimiK2ForCausalLM:
     """Load `config.json` and the safetensors weights of a checkpoint directory.
 
-    Float weights are converted to `dtype`; the router's `e_score_correction_bias` stays float32.
+    Float weights are converted to `dtype` (the compute dtype of quantized layers too); the router's
+    `e_score_correction_bias` stays float32. Raises CheckpointError (a ValueError) listing every problem found
+    in the files before any weight is read.
     """
     root = Path(path)
     cfg = ModelConfig.from_pretrained(root)
-    weight_map = read_weight_map(root)
+    report = check_checkpoint(root, cfg)
+    for reason, count in report.ignored.items():
+        log.info("%s: ignoring %d tensors: %s", root, count, reason)
+    assert report.scheme is not None
+    target = target_scheme(weights, report.scheme)
     model = build_model(cfg, device="meta", dtype=dtype, attention=attention, experts=experts)
-    expected = dict(model.state_dict())
-
-    by_shard: dict[Path, list[str]] = defaultdict(list)
-    ignored: dict[str, int] = defaultdict(int)
-    unexpected: list[str] = []
-    for name, shard in weight_map.items():
-        reason = ignored_reason(name, cfg)
-        if reason is not None:
-            ignored[reason] += 1
-        elif name in expected:
-            by_shard[shard].append(name)
-        else:
-            unexpected.append(name)
-    missing = sorted(set(expected) - {n for names in by_shard.values() for n in names})
-    problems = [f"missing tensor {n} (expected shape {list(expected[n].shape)})" for n in missing]
-    problems += [f"unexpected tensor {n} in {weight_map[n].name}" for n in sorted(unexpected)]
-    for shard in by_shard:
-        if not shard.is_file():
-            problems.append(f"missing shard file {shard} (named by the index)")
-    if problems:
-        raise ValueError(f"{root}: checkpoint does not match config.json:\n  " + "\n  ".join(problems))
-    for reason, count in ignored.items():
-        log.info("ignoring %d tensors: %s", count, reason)
+    quantize_linears(model, target, dtype)
 
     state: dict[str, torch.Tensor] = {}
-    for shard, names in by_shard.items():
-        with safe_open(shard, "pt", device="cpu") as f:
-            for name in names:
-                tensor = f.get_tensor(name)
-                want = expected[name]
-                if tuple(tensor.shape) != tuple(want.shape):
-                    raise ValueError(
-                        f"{shard.name}: tensor {name} has shape {list(tensor.shape)}, expected {list(want.shape)}"
-                    )
-                state[name] = tensor.to(device=device, dtype=want.dtype)
+    with CheckpointReader(report) as reader:
+        params = model_inventory(cfg)
+        # Read in file order (shard, then offset) so the disk sees sequential reads and the bar moves by shard.
+        shard_order = {shard: i for i, shard in enumerate(report.shards)}
+
+        def location(p_index: int) -> tuple[int, int]:
+            first = reader.source_names(params[p_index])[0]
+            return shard_order[report.weight_map[first]], reader.info(first).start
+
+        order = sorted(range(len(params)), key=location)
+        total = sum(reader.info(n).nbytes for p in params for n in reader.source_names(p))
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"loading {root.name}", disable=not sys.stderr.isatty()
+        ) as bar:
+            for i in order:
+                p = params[i]
+                names = reader.source_names(p)
+                shard = report.weight_map[names[0]]
+                bar.set_postfix_str(f"shard {shard_order[shard] + 1}/{len(shard_order)} {shard.name}", refresh=False)
+                for name, tensor in materialize(p, reader, target, dtype).items():
+                    state[name] = tensor.to(device)
+                bar.update(sum(reader.info(n).nbytes for n in names))
     model.load_state_dict(state, assign=True, strict=True)
     return model.eval()
