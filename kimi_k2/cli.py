@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "kimi_k2.planner.cli",
     "kimi_k2.tokenizer.cli",
     "kimi_k2.checkpoint.cli",
+    "kimi_k2.train.cli",
 ]
 
 
