@@ -1,0 +1,161 @@
+"""AsyncLLM: the asyncio face of the engine, for the HTTP server.
+
+Model steps block for milliseconds to seconds, so the engine runs in one background thread that owns the
+`EngineCore`; the event loop never touches it. Requests and aborts travel to that thread through a queue and
+are applied between steps (new requests join the running batch at the next step); each step's deltas travel
+back to each request's `asyncio.Queue` with `loop.call_soon_threadsafe`. The thread sleeps when there is no
+work.
+
+    engine = AsyncLLM(LLM("ckpt/"))
+    async for delta in engine.generate("req-1", prompt_ids, SamplingParams(max_tokens=64)):
+        ...  # delta.token_ids, delta.text, delta.finish_reason
+    engine.abort("req-1")   # from anywhere; frees the request's KV blocks before the next step
+    engine.stats()          # EngineStats: queue length, running, KV blocks used/free, prefix-cache hits
+    engine.shutdown()
+
+Leaving the `async for` early (a client disconnects, the task is cancelled) aborts the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kimi_k2.engine.core import EngineStats, RequestOutput
+from kimi_k2.engine.llm import LLM
+from kimi_k2.engine.sampling_params import SamplingParams
+
+log = logging.getLogger("kimi_k2")
+
+
+@dataclass(slots=True)
+class _Sink:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | BaseException]
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            pass
+
+
+class AsyncLLM:
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.core = llm.engine
+        self.tokenizer = llm.tokenizer
+        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._sinks: dict[str, _Sink] = {}  # touched by the engine thread only
+        self._stats = self.core.stats()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="kimi-k2-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+    async def generate(
+        self, request_id: str, prompt: str | Sequence[int], params: SamplingParams | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream the deltas of one request; the last one has `finished=True` and a `finish_reason`.
+
+        Invalid requests (unknown token ids, too long, duplicate id) raise ValueError at the first iteration."""
+        if self._stopped:
+            raise RuntimeError("AsyncLLM is shut down")
+        prompt_ids = self.llm.encode(prompt)
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
+        self._commands.put(("add", request_id, prompt_ids, params or self.llm.default_sampling_params(), sink))
+        finished = False
+        try:
+            while True:
+                item = await sink.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (thread-safe, returns at once); its stream ends with finish_reason "abort"."""
+        self._commands.put(("abort", request_id))
+
+    def stats(self) -> EngineStats:
+        """Engine statistics as of the last step (queue length, running, KV blocks, prefix-cache hits)."""
+        return self._stats
+
+    def default_sampling_params(self) -> SamplingParams:
+        return self.llm.default_sampling_params()
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the engine thread after the current step; running requests end with an error."""
+        self._stopped = True
+        self._commands.put(("stop",))
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the engine thread
+    def _run(self) -> None:
+        while True:
+            block = not self.core.has_unfinished()
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                command = None
+            while command is not None:
+                if command[0] == "stop":
+                    self._fail_all(RuntimeError("the engine was shut down"))
+                    return
+                self._apply(command)
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    command = None
+            if not self.core.has_unfinished():
+                self._stats = self.core.stats()
+                continue
+            try:
+                deltas = self.core.step()
+            except Exception as exc:  # a failed step must not hang every client: fail and drop what ran
+                log.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            self._stats = self.core.stats()  # before delivering: a consumer that sees a delta sees these stats
+            for delta in deltas:
+                self._deliver(delta)
+
+    def _apply(self, command: tuple[Any, ...]) -> None:
+        if command[0] == "add":
+            _, request_id, prompt_ids, params, sink = command
+            try:
+                self.core.add_request(request_id, prompt_ids, params)
+            except ValueError as exc:
+                sink.put(exc)
+                return
+            self._sinks[request_id] = sink
+        elif command[0] == "abort":
+            final = self.core.abort(command[1])
+            if final is not None:
+                self._stats = self.core.stats()
+                self._deliver(final)
+
+    def _deliver(self, delta: RequestOutput) -> None:
+        sink = self._sinks.get(delta.request_id)
+        if sink is None:
+            return
+        if delta.finished:
+            del self._sinks[delta.request_id]
+        sink.put(delta)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for request_id, sink in list(self._sinks.items()):
+            self.core.abort(request_id)
+            sink.put(exc)
+        self._sinks.clear()

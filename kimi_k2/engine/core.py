@@ -1,0 +1,300 @@
+"""EngineCore: requests in, one step at a time, output deltas out. Synchronous; `LLM` and `AsyncLLM` wrap it.
+
+A step = schedule (scheduler.py) → run the packed batch (model_runner.py) → sample the rows that reached their
+last token (sampler.py) → apply token-level stops (scheduler) → turn the new tokens into deltas: text through
+the tokenizer's incremental detokenizer (when the engine has a tokenizer), stop strings, logprobs and counts.
+
+Stop strings are matched on the decoded text; the text ends before the stop string (OpenAI semantics), and
+while a request runs the last `len(longest stop) - 1` characters are held back so that a stop string split
+over several tokens never leaks into a stream. Token ids are never held back or cut: `token_ids` always
+lists what the model generated, including the token that completed a stop string or a stop id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kimi_k2.engine.block_manager import BlockManager
+from kimi_k2.engine.model_runner import ModelRunner, StepChunk
+from kimi_k2.engine.paged_cache import PagedLatentPool
+from kimi_k2.engine.sampler import SampleRequest, TokenLogprob, sample
+from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
+from kimi_k2.engine.scheduler import Scheduler
+from kimi_k2.engine.sequence import FinishReason, Sequence
+from kimi_k2.model.transformer import KimiK2ForCausalLM
+
+log = logging.getLogger("kimi_k2")
+
+# Special tokens a text stream keeps even with skip_special_tokens: tool-call parsers and reasoning need them.
+KEPT_SPECIAL_TOKENS = (
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
+    "<think>",
+    "</think>",
+)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What a request produced since its previous delta (streaming), or in total (`LLM.generate`)."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str = ""  # "" when the engine has no tokenizer
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids when the request asked for them
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    num_prompt_tokens: int = 0
+    num_completion_tokens: int = 0  # total so far
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    kv_block_size: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    kv_pool_bytes: int
+    kv_bytes_per_token: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of which found (not recomputed)
+    num_preemptions: int
+    num_steps: int
+    num_prompt_tokens_computed: int
+    num_generated_tokens: int
+
+
+@dataclass(eq=False)
+class _Request:
+    seq: Sequence
+    generator: torch.Generator | None
+    detokenizer: Any = None  # kimi_k2.tokenizer IncrementalDetokenizer
+    text: str = ""  # decoded text so far (cut at a stop string)
+    emitted_tokens: int = 0
+    emitted_chars: int = 0
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class EngineCore:
+    def __init__(
+        self,
+        model: KimiK2ForCausalLM,
+        *,
+        tokenizer: Any = None,
+        kv_cache_memory: int | None = None,
+        num_kv_blocks: int | None = None,
+        block_size: int = 16,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        enable_prefix_caching: bool = True,
+        max_model_len: int | None = None,
+        default_temperature: float = K2_DEFAULT_TEMPERATURE,
+        default_stop_token_ids: Seq[int] = (),
+        runner: str = "fast",
+        prefill_attention: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.model, self.cfg, self.tokenizer = model, model.config, tokenizer
+        dtype = model.lm_head.weight.dtype
+        device = model.lm_head.weight.device
+        if num_kv_blocks is not None:
+            self.pool = PagedLatentPool(self.cfg, num_kv_blocks, block_size, dtype, device)
+        else:
+            budget = kv_cache_memory if kv_cache_memory is not None else default_kv_cache_memory()
+            self.pool = PagedLatentPool.from_budget(self.cfg, budget, block_size, dtype, device)
+        self.block_manager = BlockManager(self.pool.num_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
+        self.runner = ModelRunner(model, self.pool, mode=runner, prefill_attention=prefill_attention)
+        self.max_model_len = max_model_len or self.cfg.max_position_embeddings
+        self.default_temperature = default_temperature
+        self.default_stop_token_ids = frozenset(default_stop_token_ids)
+        self._rng = torch.Generator().manual_seed(seed)
+        self._requests: dict[str, _Request] = {}
+        self._steps = self._prompt_tokens = self._generated = 0
+        log.info(
+            "KV pool: %d blocks × %d tokens (%.1f MiB, %d B/token)",
+            self.pool.num_blocks, block_size, self.pool.nbytes / 2**20, self.pool.bytes_per_token,
+        )
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams | None = None) -> None:
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        params = (params or SamplingParams()).with_defaults(self.default_temperature)
+        prompt = [int(t) for t in prompt_token_ids]
+        vocab = self.cfg.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"request {request_id!r}: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(
+                f"request {request_id!r}: prompt has {len(prompt)} tokens; the context limit is {self.max_model_len}"
+            )
+        room = self.max_model_len - len(prompt)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_token_ids)
+        seq = Sequence(request_id, prompt, params, stop_token_ids=stops, max_tokens=max_tokens)
+        generator = None
+        if not params.greedy:
+            seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
+            generator = torch.Generator().manual_seed(seed)
+        if params.stop and self.tokenizer is None:
+            raise ValueError(f"request {request_id!r}: stop strings need a tokenizer; this engine has none")
+        detokenizer = None
+        if self.tokenizer is not None:
+            detokenizer = self.tokenizer.detokenizer(
+                skip_special_tokens=params.skip_special_tokens, keep=KEPT_SPECIAL_TOKENS
+            )
+        self.scheduler.add(seq)
+        self._requests[request_id] = _Request(seq, generator, detokenizer)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its KV blocks; returns its final delta, or None if unknown/finished."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.abort(request_id)
+        return self._delta(request, finished=True)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if not out.chunks:
+            return []
+        chunks = [
+            StepChunk(c.seq.token_ids[c.start : c.start + c.num_tokens], c.start, c.seq.block_table, c.samples)
+            for c in out.chunks
+        ]
+        logits = self.runner.execute(chunks)
+        sampled_idx = [i for i, c in enumerate(out.chunks) if c.samples]
+        rows = []
+        for i in sampled_idx:
+            seq = out.chunks[i].seq
+            request = self._requests[seq.request_id]
+            penalties = seq.params.uses_penalties
+            rows.append(
+                SampleRequest(
+                    seq.params,
+                    request.generator,
+                    seq.prompt_token_ids if penalties else (),
+                    seq.output_token_ids if penalties else (),
+                )
+            )
+        tokens, logprobs = sample(logits, rows) if rows else ([], [])
+        self._steps += 1
+        self._prompt_tokens += sum(c.num_tokens for c in out.chunks if c.seq.num_output_tokens == 0)
+        self._generated += len(tokens)
+        self.scheduler.update(out, dict(zip(sampled_idx, tokens)))
+        deltas = []
+        for i, token, logprob in zip(sampled_idx, tokens, logprobs):
+            seq = out.chunks[i].seq
+            request = self._requests[seq.request_id]
+            if logprob is not None:
+                request.logprobs.append(logprob)
+            deltas.append(self._process(request, token))
+        return deltas
+
+    def _process(self, request: _Request, token: int) -> RequestOutput:
+        seq = request.seq
+        stopped_by_id = seq.finish_reason is FinishReason.STOP
+        if stopped_by_id:
+            request.stop_reason = token
+        if request.detokenizer is not None:
+            if not stopped_by_id:
+                request.text += request.detokenizer.feed(token)
+            if seq.is_finished:
+                request.text += request.detokenizer.finish()
+            stops = seq.params.stop
+            if stops and not stopped_by_id and seq.num_output_tokens >= seq.params.min_tokens:
+                # anything before emitted_chars was checked already (the tail a stop could start in is held back)
+                hits = [(at, s) for s in stops if (at := request.text.find(s, request.emitted_chars)) >= 0]
+                if hits:
+                    at, stop = min(hits)
+                    request.text = request.text[:at]
+                    request.stop_reason = stop
+                    if seq.is_finished:  # the same token also hit max_tokens: the stop string wins
+                        seq.finish_reason = FinishReason.STOP
+                    else:
+                        self.scheduler.finish(seq, FinishReason.STOP)
+        finished = seq.is_finished
+        if finished:
+            self._requests.pop(seq.request_id, None)
+        return self._delta(request, finished)
+
+    def _delta(self, request: _Request, finished: bool) -> RequestOutput:
+        seq = request.seq
+        new_ids = seq.output_token_ids[request.emitted_tokens :]
+        hold = 0 if finished or not seq.params.stop else max(len(s) for s in seq.params.stop) - 1
+        end = max(request.emitted_chars, len(request.text) - hold)
+        text = request.text[request.emitted_chars : end]
+        logprobs = None
+        if seq.params.logprobs is not None:
+            logprobs = request.logprobs[request.emitted_tokens :]
+        request.emitted_tokens += len(new_ids)
+        request.emitted_chars = end
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=new_ids,
+            text=text,
+            logprobs=logprobs,
+            finished=finished,
+            finish_reason=seq.finish_reason.value if finished and seq.finish_reason else None,
+            stop_reason=request.stop_reason if finished else None,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_completion_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            kv_block_size=bm.block_size,
+            kv_blocks_total=bm.num_blocks,
+            kv_blocks_used=bm.num_used_blocks,
+            kv_blocks_free=bm.num_free_blocks,
+            kv_pool_bytes=self.pool.nbytes,
+            kv_bytes_per_token=self.pool.bytes_per_token,
+            prefix_cache_queries=bm.prefix_cache_queries,
+            prefix_cache_hits=bm.prefix_cache_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_steps=self._steps,
+            num_prompt_tokens_computed=self._prompt_tokens,
+            num_generated_tokens=self._generated,
+        )
+
+
+def default_kv_cache_memory() -> int:
+    """KV budget when none is given: a fifth of the memory available now, at most 4 GiB, at least 64 MiB."""
+    available = 4 * 2**30
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    return max(64 * 2**20, min(4 * 2**30, available // 5))

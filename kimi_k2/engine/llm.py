@@ -1,0 +1,215 @@
+"""`LLM`: the offline facade — load a checkpoint (or take a model), then `generate`, `stream` or `chat`.
+
+Prompts are token id lists, or strings when the checkpoint directory has a tokenizer (`tiktoken.model`;
+special-token markup in a string is encoded as the special tokens, as HF does). Defaults come from the
+checkpoint: stop ids = config `eos_token_id` + `generation_config.json`'s `eos_token_id` + the tokenizer's
+`<|im_end|>` and `[EOS]`; temperature = `generation_config.json`'s, else K2's recommended 0.6.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kimi_k2.engine.core import EngineCore, EngineStats, RequestOutput
+from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
+from kimi_k2.model.transformer import KimiK2ForCausalLM
+
+log = logging.getLogger("kimi_k2")
+
+Prompt = str | Seq[int]
+
+
+def read_generation_config(directory: str | Path) -> dict[str, Any]:
+    """`generation_config.json` of a checkpoint directory, or {} when there is none."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def load_tokenizer(directory: str | Path) -> Any | None:
+    """The checkpoint's `kimi_k2.Tokenizer`, or None when the directory has no `tiktoken.model`."""
+    if not (Path(directory) / "tiktoken.model").is_file():
+        return None
+    from kimi_k2.tokenizer.tokenizer import Tokenizer  # lazy: the engine itself works on ids
+
+    return Tokenizer.from_pretrained(directory)
+
+
+def _as_ids(value: Any) -> list[int]:
+    return [int(v) for v in (value if isinstance(value, list) else [value])] if value is not None else []
+
+
+class LLM:
+    """Batch and streaming generation on one model with a paged latent KV cache and continuous batching.
+
+    `model`: a checkpoint directory (HF layout) or a `KimiK2ForCausalLM`. `tokenizer`: a tokenizer object, a
+    directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
+    `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
+    The other keywords are `EngineCore`'s.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | KimiK2ForCausalLM,
+        *,
+        tokenizer: Any = None,
+        dtype: torch.dtype = torch.float32,
+        num_threads: int | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        generation_config: dict[str, Any] = {}
+        if isinstance(model, KimiK2ForCausalLM):
+            self.model = model.eval()
+            source: Path | None = None
+        else:
+            source = Path(model)
+            if not source.is_dir():
+                raise FileNotFoundError(f"checkpoint directory not found: {source}")
+            from kimi_k2.checkpoint.loader import load_model
+
+            self.model = load_model(source, dtype=dtype)
+            generation_config = read_generation_config(source)
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer_dir = tokenizer
+            tokenizer = load_tokenizer(tokenizer_dir)
+            if tokenizer is None:
+                raise FileNotFoundError(f"no tiktoken.model in tokenizer directory {tokenizer_dir}")
+        elif tokenizer is None and source is not None:
+            tokenizer = load_tokenizer(source)
+        self.tokenizer = tokenizer
+        self.config = self.model.config
+        stops = set(self.config.stop_token_ids) | set(_as_ids(generation_config.get("eos_token_id")))
+        if tokenizer is not None:
+            stops |= set(tokenizer.stop_token_ids)
+        self.default_stop_token_ids = sorted(stops)
+        temperature = generation_config.get("temperature")
+        self.default_temperature = float(temperature) if temperature is not None else K2_DEFAULT_TEMPERATURE
+        self.engine = EngineCore(
+            self.model,
+            tokenizer=tokenizer,
+            default_temperature=self.default_temperature,
+            default_stop_token_ids=self.default_stop_token_ids,
+            **engine_kwargs,
+        )
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ prompts
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (a string needs a tokenizer)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer (tiktoken.model in the checkpoint); pass token ids")
+            return self.tokenizer.encode(prompt, allow_special=True)
+        return [int(t) for t in prompt]
+
+    def encode_chat(self, messages: Seq[Mapping[str, Any]], tools: Seq[Mapping[str, Any]] | None = None) -> list[int]:
+        """A conversation rendered with the checkpoint's chat template, ready for the assistant's turn."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs a tokenizer (tiktoken.model in the checkpoint)")
+        return list(self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
+
+    def default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.default_temperature)
+
+    @staticmethod
+    def _batch(prompts: Prompt | Seq[Prompt]) -> tuple[list[Prompt], bool]:
+        if isinstance(prompts, str) or (isinstance(prompts, Seq) and prompts and isinstance(prompts[0], int)):
+            return [prompts], True  # type: ignore[list-item]
+        return list(prompts), False  # type: ignore[arg-type]
+
+    def _add(self, prompts: list[Prompt], params: SamplingParams | Seq[SamplingParams] | None) -> list[str]:
+        if isinstance(params, Seq):
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+            per_prompt = list(params)
+        else:
+            per_prompt = [params or self.default_sampling_params()] * len(prompts)
+        encoded = [self.encode(p) for p in prompts]  # encode all first: a bad prompt adds nothing
+        ids = []
+        for prompt_ids, p in zip(encoded, per_prompt):
+            request_id = str(next(self._ids))
+            self.engine.add_request(request_id, prompt_ids, p)
+            ids.append(request_id)
+        return ids
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Complete every prompt; one `RequestOutput` (all tokens, whole text) per prompt, in order."""
+        batch, _ = self._batch(prompts)
+        request_ids = self._add(batch, params)
+        totals = {rid: RequestOutput(rid, []) for rid in request_ids}
+        from tqdm import tqdm
+
+        with tqdm(total=len(request_ids), desc="generate", disable=not sys.stderr.isatty(), leave=False) as bar:
+            try:
+                while any(not t.finished for t in totals.values()):
+                    for delta in self.engine.step():
+                        if delta.request_id in totals:
+                            _accumulate(totals[delta.request_id], delta)
+                            bar.update(int(delta.finished))
+            finally:
+                for rid, total in totals.items():
+                    if not total.finished:
+                        self.engine.abort(rid)
+        return [totals[rid] for rid in request_ids]
+
+    def stream(
+        self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> Iterator[RequestOutput]:
+        """Deltas as they are produced (new tokens, new text); with several prompts, interleaved by request_id
+        (ids are assigned in prompt order). Closing the iterator aborts what is still running."""
+        batch, _ = self._batch(prompts)
+        request_ids = self._add(batch, params)
+        pending = set(request_ids)
+        try:
+            while pending:
+                for delta in self.engine.step():
+                    if delta.request_id in pending:
+                        if delta.finished:
+                            pending.discard(delta.request_id)
+                        yield delta
+        finally:
+            for rid in pending:
+                self.engine.abort(rid)
+
+    def chat(
+        self,
+        messages: Seq[Mapping[str, Any]],
+        params: SamplingParams | None = None,
+        tools: Seq[Mapping[str, Any]] | None = None,
+    ) -> RequestOutput:
+        return self.generate([self.encode_chat(messages, tools)], params)[0]
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+
+def _accumulate(total: RequestOutput, delta: RequestOutput) -> None:
+    total.token_ids.extend(delta.token_ids)
+    total.text += delta.text
+    if delta.logprobs is not None:
+        total.logprobs = (total.logprobs or []) + delta.logprobs
+    total.finished, total.finish_reason, total.stop_reason = delta.finished, delta.finish_reason, delta.stop_reason
+    total.num_prompt_tokens = delta.num_prompt_tokens
+    total.num_completion_tokens = delta.num_completion_tokens
+    total.num_cached_tokens = delta.num_cached_tokens

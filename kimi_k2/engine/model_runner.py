@@ -1,0 +1,439 @@
+"""Run one scheduler step on the model: a packed batch of prefill chunks and decode tokens over the paged pool.
+
+Two ways to run a step, same result (tests/test_engine_exact.py checks it):
+
+* reference — pad the chunks into a `[B, S]` batch and call the model's own `forward` with a `PagedStep`
+  cache (`LatentCache` protocol). Simple, but pads every row to the longest chunk and gathers every row's keys
+  into a padded tensor per layer.
+* fast (default) — the engine's own layer loop over the model's modules on the *packed* tokens `[N, D]` (no
+  padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once:
+  stored input-major (`[in, out]`, `x @ W` — faster than `F.linear`'s `[out, in]` for the one-row products a
+  decode step is made of), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul, `gate_proj`/`up_proj`
+  of every MLP fused, routed experts stacked in `[E, D, 2I]` / `[E, I, D]` tensors, and the absorbed-attention
+  splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. The checkpoint-named modules keep working: their weights
+  become (transposed) views into the prepared tensors, so nothing is stored twice; a consequence is that those
+  module weights are no longer contiguous (call `.contiguous()` before serialising them). Only sampled rows reach the final norm and
+  `lm_head`; a prefill chunk that does not end its prompt computes no logits at all.
+
+Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
+`[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
+`index_select`. Each multi-token chunk (prefill) attends on its own with the path `prefill_attention` names:
+`absorbed`, `naive` (expand the latent to per-head K/V with `kv_b_proj`, then fused SDPA), or `auto` (naive
+from `NAIVE_PREFILL_MIN_TOKENS` new tokens on: expanding costs T×C×H×(N+V) once but makes each score
+N+R wide instead of C+R — measured in bench/decode.py).
+
+Legend: N packed tokens of the step, Bd decode rows, S chunk length, T keys, H heads, D hidden, C kv_lora_rank,
+R rope dim, W = C + R, Q = qk_nope_head_dim, V v_head_dim, E experts, I expert width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
+from kimi_k2.model.attention import MLA
+from kimi_k2.model.moe import MLP, MoE
+from kimi_k2.model.rope import apply_rope
+from kimi_k2.model.transformer import KimiK2ForCausalLM
+
+NAIVE_PREFILL_MIN_TOKENS = 64
+PREFILL_ATTENTION = ("auto", "naive", "absorbed")
+_MASKED = torch.finfo(torch.float32).min
+
+
+@dataclass(slots=True)
+class StepChunk:
+    """Compute tokens [start, start + len(token_ids)) of a sequence whose slots are given by `block_table`."""
+
+    token_ids: Sequence[int]
+    start: int
+    block_table: Sequence[int]
+    wants_logits: bool
+
+
+# ---------------------------------------------------------------------- weight preparation
+def _is_plain_linear(module: nn.Module) -> bool:
+    """An nn.Linear (or subclass) whose forward is nn.Linear's: `F.linear(x, weight, bias)`."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
+def _fuse_input_major(linears: Sequence[nn.Linear]) -> torch.Tensor:
+    """Store the weights of linears that share their input as one input-major tensor [in, sum(out)] and make
+    each module's weight a (transposed) view into it: memory-neutral, and `F.linear` still works on the views.
+
+    Input-major because on this CPU's BLAS `x @ Wt` with `Wt [in, out]` contiguous is ~1.3× faster than
+    `F.linear(x, W)` for one row (a batch-1 decode step is almost only such products); see docs/engine.md."""
+    fused = torch.cat([m.weight.detach().t() for m in linears], dim=1).contiguous()
+    offset = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = fused[:, offset : offset + rows].t()
+        offset += rows
+    return fused
+
+
+@dataclass(slots=True)
+class MLPWeights:
+    w13: torch.Tensor  # (D, 2I): gate columns then up columns
+    w2: torch.Tensor  # (I, D)
+
+
+@dataclass(slots=True)
+class MoEWeights:
+    w13: torch.Tensor  # (E, D, 2I)
+    w2: torch.Tensor  # (E, I, D)
+    shared: MLPWeights | None
+
+
+@dataclass(slots=True)
+class AttentionWeights:
+    w_a: torch.Tensor  # (D, q_lora + W), or (D, H*(Q+R) + W) without q LoRA: the fused input projections
+    q_split: int  # columns of w_a that are the query part
+    w_qb: torch.Tensor | None  # (q_lora, H*(Q+R)), None without q LoRA
+    w_o: torch.Tensor  # (H*V, D)
+    w_uk: torch.Tensor  # (H, Q, C)
+    w_uv_t: torch.Tensor  # (H, C, V)
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    attention: AttentionWeights
+    mlp: MLPWeights | MoEWeights
+
+
+def _prepare_mlp(mlp: MLP) -> MLPWeights:
+    return MLPWeights(w13=_fuse_input_major([mlp.gate_proj, mlp.up_proj]), w2=_fuse_input_major([mlp.down_proj]))
+
+
+def _prepare_moe(moe: MoE) -> MoEWeights:
+    experts = list(moe.experts)
+    inter, hidden = experts[0].gate_proj.weight.shape
+    ref = experts[0].gate_proj.weight
+    w13 = torch.empty(len(experts), hidden, 2 * inter, dtype=ref.dtype, device=ref.device)
+    w2 = torch.empty(len(experts), inter, hidden, dtype=ref.dtype, device=ref.device)
+    for e, expert in enumerate(experts):
+        w13[e, :, :inter] = expert.gate_proj.weight.detach().t()
+        w13[e, :, inter:] = expert.up_proj.weight.detach().t()
+        w2[e] = expert.down_proj.weight.detach().t()
+        expert.gate_proj.weight.data = w13[e, :, :inter].t()
+        expert.up_proj.weight.data = w13[e, :, inter:].t()
+        expert.down_proj.weight.data = w2[e].t()
+    shared = _prepare_mlp(moe.shared_experts) if moe.shared_experts is not None else None
+    return MoEWeights(w13=w13, w2=w2, shared=shared)
+
+
+def _prepare_attention(attn: MLA) -> AttentionWeights:
+    query = attn.q_proj if hasattr(attn, "q_proj") else attn.q_a_proj
+    w_a = _fuse_input_major([query, attn.kv_a_proj_with_mqa])
+    w = attn.kv_b_proj.weight.detach().unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
+    return AttentionWeights(
+        w_a=w_a,
+        q_split=query.weight.shape[0],
+        w_qb=_fuse_input_major([attn.q_b_proj]) if hasattr(attn, "q_b_proj") else None,
+        w_o=_fuse_input_major([attn.o_proj]),
+        w_uk=w[:, : attn.nope_dim].contiguous(),
+        w_uv_t=w[:, attn.nope_dim :].transpose(1, 2).contiguous(),
+    )
+
+
+def fast_path_supported(model: KimiK2ForCausalLM) -> str | None:
+    """None if the fast runner can run `model`, else why not (quantized or biased projections)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "dequantize_weight"):
+            return f"{name} is a quantized {type(module).__name__}"
+        if isinstance(module, nn.Linear) and not _is_plain_linear(module):
+            return f"{name} is a {type(module).__name__} with its own forward"
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            return f"{name} has a bias"
+    return None
+
+
+# ---------------------------------------------------------------------- step metadata
+@dataclass(slots=True)
+class StepMeta:
+    input_ids: torch.Tensor  # (N,)
+    positions: torch.Tensor  # (N,)
+    write_slots: torch.Tensor  # (N,)
+    num_decode: int  # the first num_decode packed tokens are 1-token rows
+    decode_key_slots: torch.Tensor | None  # (Bd, T)
+    decode_mask: torch.Tensor | None  # (Bd, 1, T) or None when every row sees all T keys
+    prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]  # (row offset, S, key slots [T], mask [S, T])
+    logit_rows: torch.Tensor  # (number of sampled rows,) indices into the packed tokens
+    order: list[int]  # chunk index of each packed row group (decodes first)
+
+
+def _slots(table: torch.Tensor, block_size: int, length: int) -> torch.Tensor:
+    """Slots of positions 0..length-1 from a block table [n_blocks]."""
+    offsets = torch.arange(block_size)
+    return (table.unsqueeze(-1) * block_size + offsets).flatten()[:length]
+
+
+def build_meta(chunks: Sequence[StepChunk], block_size: int) -> StepMeta:
+    order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].token_ids) != 1)  # stable: decodes first
+    ids: list[int] = []
+    positions: list[int] = []
+    write: list[torch.Tensor] = []
+    logit_rows: list[int] = []
+    decode_keys: list[torch.Tensor] = []
+    prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []
+    offset = 0
+    for i in order:
+        chunk = chunks[i]
+        n, start = len(chunk.token_ids), chunk.start
+        end = start + n
+        ids.extend(chunk.token_ids)
+        positions.extend(range(start, end))
+        table = torch.tensor(chunk.block_table[: -(-end // block_size)], dtype=torch.long)
+        key_slots = _slots(table, block_size, end)
+        write.append(key_slots[start:])
+        if n == 1:
+            decode_keys.append(key_slots)
+        else:  # query at position start+s sees keys 0..start+s
+            mask = torch.arange(end).unsqueeze(0) <= torch.arange(start, end).unsqueeze(1)  # (S, T)
+            prefills.append((offset, n, key_slots, mask))
+        if chunk.wants_logits:
+            logit_rows.append(offset + n - 1)
+        offset += n
+    decode_key_slots = decode_mask = None
+    if len(decode_keys) == 1:
+        decode_key_slots = decode_keys[0].unsqueeze(0)
+    elif decode_keys:  # pad to the longest context with slot 0, masked out
+        lengths = torch.tensor([len(k) for k in decode_keys])
+        decode_key_slots = torch.nn.utils.rnn.pad_sequence(decode_keys, batch_first=True)
+        if int(lengths.min()) < decode_key_slots.shape[1]:
+            decode_mask = (torch.arange(decode_key_slots.shape[1]).unsqueeze(0) < lengths.unsqueeze(-1)).unsqueeze(1)
+    return StepMeta(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        positions=torch.tensor(positions, dtype=torch.long),
+        write_slots=torch.cat(write),
+        num_decode=len(decode_keys),
+        decode_key_slots=decode_key_slots,
+        decode_mask=decode_mask,
+        prefills=prefills,
+        logit_rows=torch.tensor(logit_rows, dtype=torch.long),
+        order=order,
+    )
+
+
+# ---------------------------------------------------------------------- the runner
+class ModelRunner:
+    """Executes steps. `execute(chunks)` returns float32 logits [number of chunks that want them, V], in the
+    order of `chunks`."""
+
+    def __init__(
+        self,
+        model: KimiK2ForCausalLM,
+        pool: PagedLatentPool,
+        *,
+        mode: str = "fast",
+        prefill_attention: str = "auto",
+    ) -> None:
+        if mode not in ("fast", "reference"):
+            raise ValueError(f"runner mode {mode!r}: choose 'fast' or 'reference'")
+        if prefill_attention not in PREFILL_ATTENTION:
+            raise ValueError(f"prefill_attention {prefill_attention!r}: choose one of {PREFILL_ATTENTION}")
+        self.model, self.pool, self.mode, self.prefill_attention = model, pool, mode, prefill_attention
+        self.cfg = model.config
+        self.layers: list[LayerWeights] = []
+        self.lm_head: torch.Tensor | None = None
+        if mode == "fast":
+            why = fast_path_supported(model)
+            if why is not None:
+                raise ValueError(f"the fast runner cannot run this model ({why}); use mode='reference'")
+            with torch.no_grad():
+                tied = model.lm_head.weight is model.model.embed_tokens.weight
+                self.lm_head = None if tied else _fuse_input_major([model.lm_head])  # (D, V)
+                for layer in model.model.layers:
+                    mlp = layer.mlp
+                    self.layers.append(
+                        LayerWeights(
+                            attention=_prepare_attention(layer.self_attn),
+                            mlp=_prepare_moe(mlp) if isinstance(mlp, MoE) else _prepare_mlp(mlp),
+                        )
+                    )
+
+    @torch.inference_mode()
+    def execute(self, chunks: Sequence[StepChunk]) -> torch.Tensor:
+        if self.mode == "reference":
+            return self._execute_reference(chunks)
+        meta = build_meta(chunks, self.pool.block_size)
+        logits = self._forward(meta)
+        # logit rows come in packed order (decodes first); put them back in chunk order
+        packed_order = [i for i in meta.order if chunks[i].wants_logits]
+        back = sorted(range(len(packed_order)), key=lambda r: packed_order[r])
+        return logits[back] if back != list(range(len(back))) else logits
+
+    # ------------------------------------------------------------------ reference
+    def _execute_reference(self, chunks: Sequence[StepChunk]) -> torch.Tensor:
+        step = PagedStep(
+            self.pool,
+            [c.block_table for c in chunks],
+            [c.start for c in chunks],
+            [len(c.token_ids) for c in chunks],
+        )
+        s_max = step.positions.shape[1]
+        ids = torch.zeros((len(chunks), s_max), dtype=torch.long)
+        for b, c in enumerate(chunks):
+            ids[b, : len(c.token_ids)] = torch.tensor(list(c.token_ids))
+        logits = self.model(ids.to(self.pool.kv.device), positions=step.positions, cache=step)
+        rows = [(b, len(c.token_ids) - 1) for b, c in enumerate(chunks) if c.wants_logits]
+        return torch.stack([logits[b, s] for b, s in rows]).float() if rows else logits.new_zeros(0, logits.shape[-1])
+
+    # ------------------------------------------------------------------ fast
+    def _forward(self, meta: StepMeta) -> torch.Tensor:
+        model = self.model
+        device = self.pool.kv.device
+        ids, positions = meta.input_ids.to(device), meta.positions.to(device)
+        h = model.model.embed_tokens(ids)  # (N, D)
+        cos, sin = model.rope(positions)  # (N, R/2)
+        for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
+            x = layer.input_layernorm(h)
+            h = h + self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta) @ weights.attention.w_o
+            x = layer.post_attention_layernorm(h)
+            mlp = weights.mlp
+            h = h + (self._moe(layer.mlp, mlp, x) if isinstance(mlp, MoEWeights) else _swiglu(x, mlp))
+        if meta.logit_rows.numel() == 0:
+            return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
+        last = model.model.norm(h[meta.logit_rows.to(device)])
+        return (last @ self.lm_head if self.lm_head is not None else model.lm_head(last)).float()
+
+    def _attention(
+        self,
+        layer_idx: int,
+        attn: MLA,
+        w: AttentionWeights,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        meta: StepMeta,
+    ) -> torch.Tensor:
+        """x [N, D] → attention output [N, H*V] (before o_proj); writes the step's latents into the pool."""
+        n_tok = x.shape[0]
+        heads, q_dim, r_dim, c_dim = attn.n_heads, attn.nope_dim, attn.rope_dim, attn.kv_lora_rank
+        a = x @ w.w_a  # (N, q_split + W)
+        q = a[:, : w.q_split]
+        if w.w_qb is not None:
+            q = attn.q_a_layernorm(q) @ w.w_qb
+        q = q.view(n_tok, heads, q_dim + r_dim)
+        q_nope, q_pe = q[..., :q_dim], apply_rope(q[..., q_dim:], cos.unsqueeze(1), sin.unsqueeze(1))  # (N,H,Q),(N,H,R)
+        c_kv = attn.kv_a_layernorm(a[:, w.q_split : w.q_split + c_dim])
+        k_pe = apply_rope(a[:, w.q_split + c_dim :], cos, sin)
+        kv = self.pool.kv[layer_idx]  # (slots, W)
+        kv.index_copy_(0, meta.write_slots, torch.cat([c_kv, k_pe], dim=-1).to(kv.dtype))
+
+        out = x.new_empty(n_tok, heads, attn.v_dim)
+        nd = meta.num_decode
+        if nd:
+            assert meta.decode_key_slots is not None
+            out[:nd] = self._absorbed(attn, w, q_nope[:nd], q_pe[:nd], kv, meta.decode_key_slots, meta.decode_mask)
+        for offset, s_len, key_slots, mask in meta.prefills:
+            rows = slice(offset, offset + s_len)
+            path = self.prefill_attention
+            if path == "auto":
+                path = "naive" if s_len >= NAIVE_PREFILL_MIN_TOKENS else "absorbed"
+            if path == "naive":
+                out[rows] = self._naive(attn, q_nope[rows], q_pe[rows], kv.index_select(0, key_slots), mask)
+            else:
+                out[rows] = self._absorbed_chunk(attn, w, q_nope[rows], q_pe[rows], kv, key_slots, mask)
+        return out.flatten(1)
+
+    @staticmethod
+    def _absorbed(
+        attn: MLA,
+        w: AttentionWeights,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        kv: torch.Tensor,
+        key_slots: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Decode rows: q_nope [Bd, H, Q], q_pe [Bd, H, R], keys by slot [Bd, T] → [Bd, H, V]."""
+        bd, t_len = key_slots.shape
+        keys = kv.index_select(0, key_slots.flatten()).view(bd, t_len, -1)  # (Bd, T, W)
+        q_latent = torch.bmm(q_nope.transpose(0, 1), w.w_uk).transpose(0, 1)  # (Bd, H, C)
+        query = torch.cat([q_latent, q_pe], dim=-1)  # (Bd, H, W)
+        scores = torch.bmm(query, keys.transpose(1, 2)).float() * attn.softmax_scale  # (Bd, H, T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, _MASKED)
+        probs = scores.softmax(dim=-1).to(keys.dtype)
+        out_latent = torch.bmm(probs, keys[..., : attn.kv_lora_rank])  # (Bd, H, C)
+        return torch.bmm(out_latent.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (Bd, H, V)
+
+    @staticmethod
+    def _absorbed_chunk(
+        attn: MLA,
+        w: AttentionWeights,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        kv: torch.Tensor,
+        key_slots: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One prefill chunk, absorbed: q_nope [S, H, Q], q_pe [S, H, R], key slots [T] → [S, H, V]."""
+        keys = kv.index_select(0, key_slots)  # (T, W)
+        q_latent = torch.einsum("shq,hqc->hsc", q_nope, w.w_uk)
+        query = torch.cat([q_latent, q_pe.transpose(0, 1)], dim=-1)  # (H, S, W)
+        scores = torch.matmul(query, keys.t()).float() * attn.softmax_scale  # (H, S, T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, _MASKED)
+        probs = scores.softmax(dim=-1).to(keys.dtype)
+        out_latent = torch.matmul(probs, keys[:, : attn.kv_lora_rank])  # (H, S, C)
+        return torch.bmm(out_latent, w.w_uv_t).transpose(0, 1)  # (S, H, V)
+
+    @staticmethod
+    def _naive(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One prefill chunk, naive: expand keys [T, W] to per-head K/V, fused SDPA. Returns [S, H, V]."""
+        t_len = keys.shape[0]
+        c_dim = attn.kv_lora_rank
+        kv = attn.kv_b_proj(keys[:, :c_dim]).view(t_len, attn.n_heads, attn.nope_dim + attn.v_dim)  # (T, H, Q+V)
+        k_nope, v = kv[..., : attn.nope_dim], kv[..., attn.nope_dim :]
+        k_pe = keys[:, c_dim:].unsqueeze(1).expand(t_len, attn.n_heads, attn.rope_dim)
+        k = torch.cat([k_nope, k_pe], dim=-1).transpose(0, 1)  # (H, T, Q+R)
+        q = torch.cat([q_nope, q_pe], dim=-1).transpose(0, 1)  # (H, S, Q+R)
+        out = F.scaled_dot_product_attention(q, k, v.transpose(0, 1), attn_mask=mask, scale=attn.softmax_scale)
+        return out.transpose(0, 1)  # (S, H, V)
+
+    # ------------------------------------------------------------------ experts
+    @staticmethod
+    def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] → routed experts (stacked weights) + shared expert, [N, D]."""
+        routing = moe.gate(x)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        inter = w.w2.shape[1]
+        if x.shape[0] <= 2:  # decode: each (token, expert) pair on its own, no sorting
+            for t, (experts, weights) in enumerate(zip(routing.experts.tolist(), routing.weights.tolist())):
+                xt = x[t : t + 1]
+                for e, weight in zip(experts, weights):
+                    gu = xt @ w.w13[e]  # (1, 2I)
+                    out[t : t + 1].add_((F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e], alpha=weight)
+        else:
+            flat = routing.experts.flatten()
+            order = flat.argsort(stable=True)
+            counts = torch.bincount(flat, minlength=w.w13.shape[0]).tolist()
+            top_k = routing.experts.shape[1]
+            flat_weights = routing.weights.flatten()
+            start = 0
+            for e, count in enumerate(counts):
+                if count == 0:
+                    continue
+                assignment = order[start : start + count]
+                start += count
+                tokens = assignment // top_k
+                gu = x[tokens] @ w.w13[e]  # (n, 2I)
+                y = (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e]  # (n, D)
+                out.index_add_(0, tokens, y.float() * flat_weights[assignment].unsqueeze(-1))
+        out = out.to(x.dtype)
+        if w.shared is not None:
+            out = out + _swiglu(x, w.shared)
+        return out
+
+
+def _swiglu(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
+    inter = w.w2.shape[0]
+    gu = x @ w.w13  # (N, 2I)
+    return (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2

@@ -1,0 +1,164 @@
+"""The engine's user-facing surfaces: text prompts and stop strings through a byte-level K2 tokenizer, defaults
+from an HF-layout checkpoint (generation_config.json, KV pool sized by the planner's formula), the asyncio
+interface, and the sampler's filters and penalties.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from kimi_k2.engine.async_engine import AsyncLLM
+from kimi_k2.engine.core import KEPT_SPECIAL_TOKENS
+from kimi_k2.engine.llm import LLM
+from kimi_k2.engine.sampler import SampleRequest, apply_penalties, filtered_probs, sample
+from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.model.generate import greedy_decode
+from kimi_k2.planner.kv import kv_block_bytes, kv_pool_blocks
+from kimi_k2.tokenizer.tokenizer import Tokenizer
+from tests.hf_models import make_hf_model, save_hf_model
+from tests.test_engine_exact import tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    """256 byte tokens + K2's 256 special slots = 512 ids, the tiny preset's vocabulary."""
+    return Tokenizer({bytes([i]): i for i in range(256)})
+
+
+@pytest.fixture(scope="module")
+def text_llm(byte_tokenizer):
+    return LLM(tiny_model(seed=1), tokenizer=byte_tokenizer, num_kv_blocks=64, block_size=4)
+
+
+def test_text_prompt_default_stops_and_stream_deltas(text_llm, byte_tokenizer):
+    assert byte_tokenizer.im_end_id in text_llm.default_stop_token_ids
+    assert byte_tokenizer.eos_id in text_llm.default_stop_token_ids
+    assert text_llm.default_sampling_params().temperature == 0.6  # no generation_config: K2's recommendation
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    final = text_llm.generate("Hello, K2!", params)[0]
+    ids = byte_tokenizer.encode("Hello, K2!", allow_special=True)
+    assert final.token_ids == greedy_decode(text_llm.model, ids, 24)
+    detok = byte_tokenizer.detokenizer(skip_special_tokens=True, keep=KEPT_SPECIAL_TOKENS)
+    assert final.text == detok.feed(final.token_ids) + detok.finish()
+    deltas = list(text_llm.stream("Hello, K2!", params))
+    assert "".join(d.text for d in deltas) == final.text
+    assert [t for d in deltas for t in d.token_ids] == final.token_ids
+    assert deltas[-1].finished and all(not d.finished for d in deltas[:-1])
+    assert deltas[-1].num_prompt_tokens == len(ids) and deltas[-1].num_completion_tokens == 24
+
+
+def test_stop_string_cuts_text_and_never_leaks_into_the_stream(text_llm):
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, skip_special_tokens=False)
+    full = text_llm.generate("abc", params)[0].text
+    assert len(full) >= 12
+    stop = full[8:11]
+    at = full.find(stop)
+    stopped = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, skip_special_tokens=False, stop=[stop])
+    out = text_llm.generate("abc", stopped)[0]
+    assert out.text == full[:at] and out.finish_reason == "stop" and out.stop_reason == stop
+    streamed = ""
+    for delta in text_llm.stream("abc", stopped):
+        streamed += delta.text
+        assert stop not in streamed
+    assert streamed == full[:at]
+    assert text_llm.stats().kv_blocks_used == 0
+
+
+def test_hf_checkpoint_defaults_and_pool_sized_by_planner(tmp_path):
+    hf = make_hf_model("q_lora", seed=3)
+    directory = save_hf_model(hf, tmp_path / "ckpt")
+    (directory / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "eos_token_id": [1, 5]}))
+    budget = 3 * 2**20 + 12345
+    llm = LLM(directory, kv_cache_memory=budget, block_size=8)
+    assert llm.default_temperature == 0.3
+    assert llm.default_stop_token_ids == [1, 5]
+    stats = llm.stats()
+    assert stats.kv_blocks_total == kv_pool_blocks(llm.config, budget, 8, 4)
+    assert stats.kv_pool_bytes == stats.kv_blocks_total * kv_block_bytes(llm.config, 8, 4) <= budget
+    prompt = torch.randint(2, hf.config.vocab_size, (11,)).tolist()
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0]
+    with torch.no_grad():
+        theirs = hf.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, 11, dtype=torch.long), max_new_tokens=20,
+            min_new_tokens=20, do_sample=False, pad_token_id=0,
+        )[0, 11:].tolist()
+    assert out.token_ids == theirs
+    with pytest.raises(ValueError, match="text prompts need a tokenizer"):
+        llm.generate("no tokenizer here")
+
+
+def test_async_engine_streams_concurrent_requests_and_aborts():
+    llm = LLM(tiny_model(seed=2), num_kv_blocks=64, block_size=4)
+    engine = AsyncLLM(llm)
+    prompts = {"a": [5, 6, 7], "b": list(range(40, 60)), "c": [9] * 12}
+    expected = {rid: greedy_decode(llm.model, p, 8) for rid, p in prompts.items()}
+
+    async def collect(rid, prompt, params):
+        return [d async for d in engine.generate(rid, prompt, params)]
+
+    async def main():
+        params = SamplingParams(temperature=0, max_tokens=8)
+        runs = await asyncio.gather(*(collect(rid, p, params) for rid, p in prompts.items()))
+        # an aborted request ends with finish_reason "abort" and frees its blocks
+        long = SamplingParams(temperature=0, max_tokens=200)
+        seen = []
+        async for delta in engine.generate("long", list(range(100, 130)), long):
+            seen.append(delta)
+            if len(seen) == 3:
+                engine.abort("long")
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            await collect("bad", [10_000], params)
+        return runs, seen
+
+    try:
+        runs, seen = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    for rid, deltas in zip(prompts, runs):
+        assert [t for d in deltas for t in d.token_ids] == expected[rid]
+        assert deltas[-1].finish_reason == "length"
+    assert seen[-1].finished and seen[-1].finish_reason == "abort" and len(seen) < 10
+    stats = engine.stats()
+    assert stats.kv_blocks_used == 0 and stats.num_running == 0 and stats.num_waiting == 0
+
+
+def test_sampler_filters():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03]))
+    assert torch.count_nonzero(filtered_probs(logits, SamplingParams(temperature=1, top_k=2))) == 2
+    assert torch.count_nonzero(filtered_probs(logits, SamplingParams(temperature=1, top_p=0.7))) == 2
+    assert torch.count_nonzero(filtered_probs(logits, SamplingParams(temperature=1, top_p=0.76))) == 3
+    assert torch.count_nonzero(filtered_probs(logits, SamplingParams(temperature=1, min_p=0.2))) == 3
+    probs = filtered_probs(logits, SamplingParams(temperature=1, top_k=3))
+    assert torch.allclose(probs[:3], torch.tensor([0.5, 0.25, 0.15]) / 0.9)
+    cold = filtered_probs(logits, SamplingParams(temperature=0.1))
+    assert cold[0] > 0.99
+
+
+def test_sampler_penalties_follow_openai_and_hf_semantics():
+    logits = torch.tensor([2.0, -1.0, 0.5, 0.0])
+    row = SampleRequest(SamplingParams(temperature=0, repetition_penalty=2.0), None, [0], [1])
+    assert apply_penalties(logits, row).tolist() == [1.0, -2.0, 0.5, 0.0]
+    row = SampleRequest(SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.25), None, [3], [2, 2, 0])
+    assert apply_penalties(logits, row).tolist() == [2.0 - 0.75, -1.0, 0.5 - 1.0, 0.0]
+    tokens, _ = sample(logits.unsqueeze(0), [SampleRequest(SamplingParams(temperature=0, presence_penalty=2.0), None, [], [0])])
+    assert tokens == [2]
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    gen = torch.Generator().manual_seed(0)
+    row = SampleRequest(SamplingParams(temperature=1.0), gen, [], [])
+    counts = torch.bincount(torch.tensor([sample(logits.unsqueeze(0), [row])[0][0] for _ in range(3000)]), minlength=3)
+    assert torch.allclose(counts / 3000, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
