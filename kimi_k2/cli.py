@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "kimi_k2.planner.cli",
     "kimi_k2.tokenizer.cli",
     "kimi_k2.checkpoint.cli",
+    "kimi_k2.engine.cli",
+    "kimi_k2.server.cli",
     "kimi_k2.train.cli",
 ]
 

@@ -1,0 +1,142 @@
+"""The FastAPI application: routes of both APIs, auth, request metrics, and errors in each API's schema.
+
+Bodies are read and validated by the endpoint code (`schemas.parse_body`), not by FastAPI's signature-driven
+parsing, so malformed JSON and wrong types produce the API's own 400 body instead of FastAPI's 422. A pure-ASGI
+middleware (no response buffering, so streams and disconnect detection are untouched) checks the API key and
+counts every response by endpoint and status. Any exception that is not an `APIError` becomes a 500 in the
+right schema and is logged with its traceback: no input can take the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kimi_k2.server import anthropic_api, openai_api
+from kimi_k2.server.auth import check_api_key
+from kimi_k2.server.errors import APIError, error_body
+from kimi_k2.server.metrics import CONTENT_TYPE
+from kimi_k2.server.queue import AdmissionQueue
+from kimi_k2.server.state import AsyncEngine, ClientDisconnected, ServerState
+
+log = logging.getLogger("kimi_k2")
+
+ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens",
+          "/health", "/metrics"}
+
+
+class AuthAndMetricsMiddleware:
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        endpoint = path if path in ROUTES else "other"
+        status = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            try:
+                check_api_key(path, headers, self.state.api_key)
+            except APIError as exc:
+                await JSONResponse(error_body(exc, path), exc.status)(scope, receive, counting_send)
+                return
+            await self.app(scope, receive, counting_send)
+        finally:
+            if endpoint != "/metrics":
+                self.state.metrics.requests.inc(1, endpoint, str(status or 499))  # 499: closed before a response
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    if exc.status == 429:
+        request.app.state.server.metrics.rejected.inc()
+    return JSONResponse(error_body(exc, request.url.path), exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse(error_body(APIError(exc.status_code, message), request.url.path), exc.status_code, headers=exc.headers)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    log.info("client disconnected from %s before the reply was ready; generation aborted", request.url.path)
+    return Response(status_code=499)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    error = APIError(500, f"internal server error: {type(exc).__name__}: {exc}")
+    return JSONResponse(error_body(error, request.url.path), 500)
+
+
+def server_state(
+    engine: AsyncEngine, model_name: str, *, api_key: str | None = None, max_queue: int = 64, reasoning: bool = True
+) -> ServerState:
+    """State for an `AsyncLLM`: limits (context, batch size, vocabulary) come from its engine core."""
+    core = engine.core  # type: ignore[attr-defined]
+    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
+    if tokenizer is None:
+        raise ValueError("the server needs a tokenizer: the model directory has no tiktoken.model")
+    return ServerState(
+        engine=engine,
+        tokenizer=tokenizer,
+        model_name=model_name,
+        max_model_len=core.max_model_len,
+        vocab_size=core.cfg.vocab_size,
+        admission=AdmissionQueue(core.scheduler.max_num_seqs, max_queue),
+        api_key=api_key,
+        reasoning=reasoning,
+    )
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="kimi-k2", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/v1/models", openai_api.list_models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/completions", openai_api.completions, methods=["POST"])
+    app.add_api_route("/v1/messages", anthropic_api.messages, methods=["POST"])
+    app.add_api_route("/v1/messages/count_tokens", anthropic_api.count_tokens, methods=["POST"])
+    handlers: dict[Any, Any] = {
+        APIError: _api_error,
+        HTTPException: _http_error,
+        ClientDisconnected: _disconnected,
+        Exception: _unexpected,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
+    app.add_middleware(AuthAndMetricsMiddleware, state=state)
+    return app

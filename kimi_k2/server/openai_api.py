@@ -1,0 +1,436 @@
+"""The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`.
+
+Messages (system/developer, user, assistant with tool_calls, tool) become K2 chat-template messages; content
+parts are concatenated text (the official template joins parts with no separator); images, audio and files are
+refused (the model reads text). Tool-call ids the client sent are mapped to K2's form for the model and new
+calls come back with the ids the model wrote (`functions.{name}:{idx}`), which the client sends back unchanged.
+
+Streaming follows the OpenAI wire format: a first chunk with `delta.role`, then `delta.content` /
+`delta.reasoning_content` / `delta.tool_calls[i]` (id, type and name first, then `function.arguments`
+fragments), a last chunk with `finish_reason`, an optional usage-only chunk (`stream_options.include_usage`,
+with `usage: null` on every other chunk), then `data: [DONE]`. Errors after the stream started are sent as one
+`data: {"error": …}` event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from kimi_k2.engine.core import RequestOutput
+from kimi_k2.engine.sampler import TokenLogprob
+from kimi_k2.server import schemas as s
+from kimi_k2.server.chat import (
+    ChatPrompt,
+    OutputAssembler,
+    ToolChoice,
+    build_prompt,
+    check_tool_results,
+    check_unique_names,
+    validate_function,
+)
+from kimi_k2.server.errors import bad_request, openai_error_body
+from kimi_k2.server.sse import OPENAI_DONE, sse_data
+from kimi_k2.server.state import (
+    EngineStreamingResponse,
+    ServerState,
+    cancel_on_disconnect,
+    final_output,
+    generate,
+    make_params,
+    new_request_id,
+    stream_with_errors,
+)
+from kimi_k2.tokenizer.events import ContentDelta, OutputEvent, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
+
+
+# ----------------------------------------------------------------------------------------------------- requests
+def _parts_text(content: str | list[s.ContentPart] | None, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise bad_request(
+                f"{where}[{j}]: content part type {part.type!r} is not supported: this server's model reads text only",
+                where,
+            )
+        if part.text is None:
+            raise bad_request(f"{where}[{j}]: a 'text' content part needs a 'text' string", where)
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def openai_messages(messages: list[s.ChatMessage]) -> list[dict[str, Any]]:
+    """OpenAI chat messages -> K2 chat-template messages."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}].content"
+        message: dict[str, Any]
+        if isinstance(m, s.SystemMessage):
+            message = {"role": "system", "content": _parts_text(m.content, where)}
+        elif isinstance(m, s.UserMessage):
+            message = {"role": "user", "content": _parts_text(m.content, where)}
+        elif isinstance(m, s.AssistantMessage):
+            message = {"role": "assistant", "content": _parts_text(m.content, where) or (m.refusal or "")}
+            if m.tool_calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": _arguments_text(call.function.arguments)},
+                    }
+                    for call in m.tool_calls
+                ]
+            if m.reasoning_content:
+                message["reasoning_content"] = m.reasoning_content
+        else:
+            message = {"role": "tool", "tool_call_id": m.tool_call_id, "content": _parts_text(m.content, where)}
+        if getattr(m, "name", None):
+            message["name"] = m.name
+        message["_source"] = i
+        out.append(message)
+    return out
+
+
+def _arguments_text(arguments: str | dict[str, Any]) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def openai_tools(tools: list[s.ToolDef] | None) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    for i, tool in enumerate(tools):
+        validate_function(tool.function.name, tool.function.parameters, f"tools[{i}].function", "parameters")
+    check_unique_names([t.function.name for t in tools], "tools")
+    return [tool.model_dump(exclude_none=True) for tool in tools]
+
+
+def openai_tool_choice(choice: str | s.NamedToolChoice | None, parallel: bool | None) -> ToolChoice:
+    parallel_ok = parallel is not False
+    if choice is None:
+        return ToolChoice("auto", parallel=parallel_ok)
+    if isinstance(choice, str):
+        return ToolChoice(choice, parallel=parallel_ok)
+    return ToolChoice("function", choice.function.name, parallel=parallel_ok)
+
+
+def _reject_unsupported(req: s.SamplingFields) -> None:
+    if req.n not in (None, 1):
+        raise bad_request(f"n={req.n} is not supported: this server returns exactly one choice (n=1)", "n")
+    if req.logit_bias:
+        raise bad_request("logit_bias is not supported by this server", "logit_bias")
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not x for x in stops):
+        raise bad_request("stop: stop strings must be non-empty", "stop")
+    return stops
+
+
+def _sampling(req: s.SamplingFields, max_tokens: int | None, logprobs: int | None, stop_ids: list[int]) -> Any:
+    return make_params(
+        temperature=req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        max_tokens=max_tokens,
+        stop=_stops(req.stop),
+        stop_token_ids=stop_ids,
+        seed=req.seed,
+        logprobs=logprobs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- output
+def _usage(out: RequestOutput) -> dict[str, Any]:
+    return {
+        "prompt_tokens": out.num_prompt_tokens,
+        "completion_tokens": out.num_completion_tokens,
+        "total_tokens": out.num_prompt_tokens + out.num_completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
+    }
+
+
+def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    data = tokenizer.token_bytes(token_id)
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+
+def chat_logprobs(tokenizer: Any, logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                **_token_entry(tokenizer, lp.token_id, lp.logprob),
+                "top_logprobs": [_token_entry(tokenizer, t, p) for t, p in lp.top],
+            }
+            for lp in logprobs
+        ]
+    }
+
+
+def _delta(event: OutputEvent) -> dict[str, Any]:
+    if isinstance(event, ContentDelta):
+        return {"content": event.text}
+    if isinstance(event, ReasoningDelta):
+        return {"reasoning_content": event.text}
+    if isinstance(event, ToolCallStart):
+        return {"tool_calls": [{"index": event.index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}]}
+    if isinstance(event, ToolCallArgsDelta):
+        return {"tool_calls": [{"index": event.index, "function": {"arguments": event.fragment}}]}
+    return {}  # ToolCallEnd: nothing to send
+
+
+def _message(assembled: OutputAssembler) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": assembled.content or (None if assembled.calls else "")}
+    if assembled.reasoning:
+        message["reasoning_content"] = assembled.reasoning
+    if assembled.calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in assembled.calls
+        ]
+    return message
+
+
+# ----------------------------------------------------------------------------------------------------- routes
+async def list_models(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list() shares the path
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.created))
+        entry = {"type": "model", "id": state.model_name, "display_name": state.model_name, "created_at": created}
+        return JSONResponse({"data": [entry], "has_more": False, "first_id": state.model_name, "last_id": state.model_name})
+    entry = {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "kimi-k2",
+        "max_model_len": state.max_model_len,
+    }
+    return JSONResponse({"object": "list", "data": [entry]})
+
+
+async def chat_completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    req = s.parse_body(s.ChatCompletionRequest, await request.body())
+    state.check_model(req.model)
+    _reject_unsupported(req)
+    if req.response_format is not None and req.response_format.type != "text":
+        raise bad_request(f"response_format type {req.response_format.type!r} is not supported (only 'text')", "response_format")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
+    tools = openai_tools(req.tools)
+    choice = openai_tool_choice(req.tool_choice, req.parallel_tool_calls)
+    choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
+    messages = openai_messages(req.messages)
+    check_tool_results(messages)
+    prompt = build_prompt(state.tokenizer, messages, tools, choice)
+    max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    state.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = _sampling(req, max_tokens, logprobs, prompt.stop_token_ids)
+    slot = state.admission.admit()
+    request_id = new_request_id("chatcmpl-")
+    outputs = generate(state, slot, request_id, prompt.prompt_ids, params, arrival)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        chunks = _chat_stream(state, request_id, prompt, outputs, include_usage, req.logprobs or False)
+        body = stream_with_errors(chunks, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
+        return EngineStreamingResponse(body, slot)
+    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, prompt, outputs), slot))
+
+
+async def _chat_full(
+    state: ServerState, request_id: str, prompt: ChatPrompt, outputs: AsyncIterator[tuple[RequestOutput, float]]
+) -> dict[str, Any]:
+    assembled = OutputAssembler(prompt, state.reasoning)
+    logprobs: list[TokenLogprob] = []
+    last: RequestOutput | None = None
+    try:
+        async for out, _ in outputs:
+            assembled.feed(out.text)
+            logprobs += out.logprobs or []
+            last = out
+    finally:
+        await outputs.aclose()
+    last = final_output(last)
+    assembled.finish(last.stop_reason)
+    choice = {
+        "index": 0,
+        "message": _message(assembled),
+        "logprobs": chat_logprobs(state.tokenizer, logprobs) if last.logprobs is not None else None,
+        "finish_reason": assembled.finish_reason(last.finish_reason),
+    }
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": state.model_name,
+        "choices": [choice],
+        "usage": _usage(last),
+        "system_fingerprint": None,
+    }
+
+
+async def _chat_stream(
+    state: ServerState,
+    request_id: str,
+    prompt: ChatPrompt,
+    outputs: AsyncIterator[tuple[RequestOutput, float]],
+    include_usage: bool,
+    want_logprobs: bool,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        payload = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+                   "system_fingerprint": None, "choices": [choice], **usage_field}
+        return sse_data(payload)
+
+    assembled = OutputAssembler(prompt, state.reasoning)
+    yield chunk({"role": "assistant", "content": ""})
+    last: RequestOutput | None = None
+    try:
+        async for out, _ in outputs:
+            last = out
+            events = assembled.feed(out.text)
+            if out.finished:
+                events += assembled.finish(out.stop_reason)
+            logprobs = chat_logprobs(state.tokenizer, out.logprobs) if want_logprobs and out.logprobs else None
+            deltas = [d for d in map(_delta, events) if d]
+            if not deltas and logprobs is not None:
+                deltas = [{}]
+            for i, delta in enumerate(deltas):
+                yield chunk(delta, logprobs=logprobs if i == 0 else None)
+    finally:
+        await outputs.aclose()
+    last = final_output(last)
+    yield chunk({}, assembled.finish_reason(last.finish_reason))
+    if include_usage:
+        yield sse_data({"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+                        "system_fingerprint": None, "choices": [], "usage": _usage(last)})
+    yield OPENAI_DONE
+
+
+# ----------------------------------------------------------------------------------------------------- completions
+def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
+    if isinstance(prompt, str):
+        return state.tokenizer.encode(prompt, allow_special=True)
+    if not prompt:
+        raise bad_request("prompt: must not be empty", "prompt")
+    if isinstance(prompt[0], int):
+        ids = list(prompt)  # type: ignore[arg-type]
+    elif len(prompt) == 1:
+        return completion_prompt_ids(state, prompt[0])  # type: ignore[arg-type]
+    else:
+        raise bad_request(f"prompt: a batch of {len(prompt)} prompts is not supported; send one prompt per request", "prompt")
+    state.check_token_ids(ids, "prompt")
+    return ids
+
+
+def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for lp in logprobs:
+        text = tokenizer.token_bytes(lp.token_id).decode("utf-8", errors="replace")
+        tokens.append(text)
+        token_logprobs.append(lp.logprob)
+        top.append({tokenizer.token_bytes(t).decode("utf-8", errors="replace"): p for t, p in lp.top})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+async def completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    req = s.parse_body(s.CompletionRequest, await request.body())
+    state.check_model(req.model)
+    _reject_unsupported(req)
+    if req.suffix:
+        raise bad_request("suffix is not supported by this server", "suffix")
+    if req.best_of not in (None, 1):
+        raise bad_request(f"best_of={req.best_of} is not supported (only 1)", "best_of")
+    prompt_ids = completion_prompt_ids(state, req.prompt)
+    state.check_lengths(len(prompt_ids), req.max_tokens, "max_tokens", "prompt")
+    params = _sampling(req, req.max_tokens, req.logprobs, [])
+    echo = state.tokenizer.decode(prompt_ids) if req.echo else ""
+    slot = state.admission.admit()
+    request_id = new_request_id("cmpl-")
+    outputs = generate(state, slot, request_id, prompt_ids, params, arrival)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _completion_stream(state, request_id, outputs, echo, include_usage, req.logprobs is not None)
+        body = stream_with_errors(events, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
+        return EngineStreamingResponse(body, slot)
+
+    async def full() -> dict[str, Any]:
+        text, logprobs, last = echo, [], None
+        try:
+            async for out, _ in outputs:
+                text += out.text
+                logprobs += out.logprobs or []
+                last = out
+        finally:
+            await outputs.aclose()
+        last = final_output(last)
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo)) if req.logprobs is not None else None,
+            "finish_reason": last.finish_reason,
+        }
+        return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": state.model_name,
+                "choices": [choice], "usage": _usage(last)}
+
+    return JSONResponse(await cancel_on_disconnect(request, full(), slot))
+
+
+async def _completion_stream(
+    state: ServerState,
+    request_id: str,
+    outputs: AsyncIterator[tuple[RequestOutput, float]],
+    echo: str,
+    include_usage: bool,
+    want_logprobs: bool,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+    offset = len(echo)
+
+    def chunk(text: str, finish_reason: str | None = None, logprobs: Any = None) -> str:
+        return sse_data({"id": request_id, "object": "text_completion", "created": created, "model": state.model_name,
+                         "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+                         **usage_field})
+
+    if echo:
+        yield chunk(echo)
+    last: RequestOutput | None = None
+    try:
+        async for out, _ in outputs:
+            last = out
+            logprobs = completion_logprobs(state.tokenizer, out.logprobs or [], offset) if want_logprobs else None
+            if out.text or logprobs:
+                yield chunk(out.text, logprobs=logprobs)
+            offset += len(out.text)
+    finally:
+        await outputs.aclose()
+    last = final_output(last)
+    yield chunk("", last.finish_reason)
+    if include_usage:
+        yield sse_data({"id": request_id, "object": "text_completion", "created": created, "model": state.model_name,
+                        "choices": [], "usage": _usage(last)})
+    yield OPENAI_DONE

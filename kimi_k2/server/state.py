@@ -1,0 +1,254 @@
+"""The server's shared state and the one path every generation takes through the engine.
+
+`ServerState` holds the engine, the tokenizer, the served model name and limits, the admission queue and the
+metrics. `generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
+records per-token arrival times for the latency histograms, and in its `finally` aborts the engine request if
+it did not finish — whatever ended the iteration (client disconnect, cancellation, an error while sending) —
+so its KV blocks are freed at once. `EngineStreamingResponse` makes sure that `finally` runs promptly when a
+streaming client goes away (Starlette cancels the sending task; we close the body generator under a shield).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
+from kimi_k2.engine.core import RequestOutput
+from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.server.errors import APIError, bad_request
+from kimi_k2.server.metrics import ServerMetrics
+from kimi_k2.server.queue import AdmissionQueue, Slot
+from kimi_k2.server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
+
+log = logging.getLogger("kimi_k2")
+T = TypeVar("T")
+
+
+class AsyncEngine(Protocol):
+    """What the server needs from the engine (kimi_k2.engine's `AsyncLLM`)."""
+
+    def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]: ...
+
+    def abort(self, request_id: str) -> Any: ...
+
+    def stats(self) -> Any: ...
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    tokenizer: Any  # kimi_k2.Tokenizer
+    model_name: str
+    max_model_len: int
+    vocab_size: int
+    admission: AdmissionQueue
+    api_key: str | None = None
+    reasoning: bool = True  # split <think>…</think> into reasoning_content / thinking blocks
+    created: int = field(default_factory=lambda: int(time.time()))
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.live_stats)
+
+    def live_stats(self) -> dict[str, float]:
+        stats = self.engine.stats()
+        return {
+            "waiting": stats.num_waiting,
+            "running": stats.num_running,
+            "in_flight": self.admission.in_flight,
+            "kv_blocks_used": stats.kv_blocks_used,
+            "kv_blocks_free": stats.kv_blocks_free,
+        }
+
+    # ------------------------------------------------------------------------------------------- checks
+    def check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise APIError(404, f"model {model!r} not found: this server serves {self.model_name!r}", "model", "model_not_found")
+
+    def check_lengths(
+        self, num_prompt_tokens: int, max_tokens: int | None, max_tokens_field: str, prompt_field: str = "messages"
+    ) -> None:
+        """The prompt must leave room for one token; `max_tokens` must fit in what is left."""
+        limit = self.max_model_len
+        if num_prompt_tokens >= limit:
+            raise bad_request(
+                f"the prompt is too long: it has {num_prompt_tokens} tokens, but this model's maximum context length is "
+                f"{limit} tokens (and at least one token must be left to generate)",
+                prompt_field,
+                "context_length_exceeded",
+            )
+        room = limit - num_prompt_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise bad_request(f"{max_tokens_field}={max_tokens}: must be at least 1", max_tokens_field)
+        if max_tokens is not None and max_tokens > room:
+            raise bad_request(
+                f"{max_tokens_field}={max_tokens} is too large: the prompt has {num_prompt_tokens} tokens and the maximum "
+                f"context length is {limit} tokens, so at most {room} tokens can be generated",
+                max_tokens_field,
+                "context_length_exceeded",
+            )
+
+    def check_token_ids(self, ids: list[int], where: str) -> None:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise bad_request(f"{where}: token id {bad} is outside the vocabulary [0, {self.vocab_size})", where)
+
+
+def final_output(last: RequestOutput | None) -> RequestOutput:
+    """The last delta of a request that ran to its end; an engine-side abort is a 503."""
+    if last is None or not last.finished:
+        raise APIError(500, "the engine stopped producing output before the request finished")
+    if last.finish_reason == "abort":
+        raise APIError(503, "the request was aborted by the engine (is the server shutting down?)")
+    return last
+
+
+def make_params(**kwargs: Any) -> SamplingParams:
+    """SamplingParams from request fields; its own validation errors become 400s naming the field."""
+    try:
+        return SamplingParams(**kwargs)
+    except ValueError as exc:
+        raise bad_request(str(exc).removeprefix("SamplingParams.")) from None
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+async def generate(
+    state: ServerState, slot: Slot, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival: float
+) -> AsyncIterator[tuple[RequestOutput, float]]:
+    """The engine's deltas for one request, each with the time it arrived (monotonic seconds).
+
+    Holds `slot` until the end; aborts the engine request unless it finished. Metrics are recorded here, with
+    latencies measured from `arrival` (`time.monotonic()` when the HTTP handler started).
+    """
+    times: list[float] = []
+    last: RequestOutput | None = None
+    stream = state.engine.generate(request_id, prompt_ids, params)
+    try:
+        while True:
+            try:
+                out = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except ValueError as exc:  # the engine refused the request (it re-checks ids and lengths)
+                raise bad_request(str(exc)) from None
+            now = time.monotonic()
+            times.extend([now] * len(out.token_ids))
+            last = out
+            yield out, now
+            if out.finished:
+                break
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()  # type: ignore[attr-defined]
+        slot.release()
+        if last is None or not last.finished:
+            log.info("request %s ended before the engine finished it: aborting", request_id)
+            with anyio.CancelScope(shield=True):
+                await _maybe_await(state.engine.abort(request_id))
+        metrics = state.metrics
+        metrics.observe_tokens(times, arrival)
+        if last is not None:
+            metrics.prompt_tokens.inc(last.num_prompt_tokens)
+            metrics.cached_prompt_tokens.inc(last.num_cached_tokens)
+            metrics.generation_tokens.inc(last.num_completion_tokens)
+        metrics.finished.inc(1, (last.finish_reason if last is not None and last.finished else None) or "abort")
+
+
+class EngineStreamingResponse(StreamingResponse):
+    """A streaming SSE response that always closes its body generator and releases its admission slot, even when
+    the client disconnected — also before the body was first iterated (closing a generator that never started
+    runs none of its `finally` blocks, so the slot is released here too)."""
+
+    def __init__(self, content: AsyncIterator[str], slot: Slot) -> None:
+        super().__init__(content, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        self.slot = slot
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+            self.slot.release()
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T], slot: Slot) -> T:
+    """Await `work`, cancelling it if the client disconnects first (non-streaming requests); release `slot` after."""
+    try:
+        return await _cancel_on_disconnect(request, work)
+    finally:
+        slot.release()
+
+
+async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """The body is read already, so the next ASGI message can only be `http.disconnect`."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled (shutdown): take the work down with it
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ClientDisconnected()
+
+
+def stream_with_errors(
+    events: AsyncIterator[str], on_error: Callable[[APIError], str]
+) -> AsyncIterator[str]:
+    """Pass events through; an exception after the response started becomes one error event in the stream."""
+
+    async def wrapped() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except APIError as exc:
+            yield on_error(exc)
+        except Exception as exc:  # the status line is sent already: report in-band and end the stream
+            log.exception("error while streaming")
+            yield on_error(APIError(500, f"internal error while generating: {type(exc).__name__}: {exc}"))
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+    return wrapped()

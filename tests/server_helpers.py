@@ -1,0 +1,89 @@
+"""Shared set-up of the server tests: a trained tokenizer, the scripted model on the real engine, a live server.
+
+`ScriptedServer` starts uvicorn on 127.0.0.1 (random free port) in a background thread, serving `AsyncLLM` over
+`LLM(ScriptedModel, runner="reference")` — the production engine and HTTP code; only the model's logits are
+scripted. `reply_ids(text)` turns a reply written with K2 markup (`call_markup(...)` writes tool calls) into the
+token ids the model should emit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from kimi_k2.engine.async_engine import AsyncLLM
+from kimi_k2.engine.llm import LLM
+from kimi_k2.server.app import create_app, server_state
+from kimi_k2.server.background import BackgroundServer
+from kimi_k2.server.scripted_model import ScriptedModel, scripted_config
+from kimi_k2.server.state import ServerState
+from kimi_k2.tokenizer.tokenizer import Tokenizer
+from tests.tokenizer_corpus import train_test_tokenizer
+
+MODEL_NAME = "kimi-k2-test"
+ASSISTANT_HEADER = "<|im_assistant|>assistant<|im_middle|>"
+
+
+def trained_tokenizer(directory: Path) -> Tokenizer:
+    train_test_tokenizer(directory)
+    return Tokenizer.from_pretrained(directory)
+
+
+def reply_ids(tok: Tokenizer, text: str, end: bool = True) -> list[int]:
+    """Ids of a scripted reply (markup allowed), ending with `<|im_end|>` unless `end=False`."""
+    return tok.encode(text, allow_special=True) + ([tok.im_end_id] if end else [])
+
+
+def call_markup(*calls: tuple[str, str]) -> str:
+    """K2 tool-call markup for (id, JSON arguments) pairs, as the model writes it."""
+    body = "".join(f"<|tool_call_begin|>{cid}<|tool_call_argument_begin|>{args}<|tool_call_end|>" for cid, args in calls)
+    return f"<|tool_calls_section_begin|>{body}<|tool_calls_section_end|>"
+
+
+@dataclass
+class ScriptedServer:
+    url: str
+    model: ScriptedModel
+    engine: AsyncLLM
+    state: ServerState
+    tok: Tokenizer
+
+    def script(self, *replies: str | list[int], delay_s: float | None = None) -> None:
+        """Set the replies for turn 1, 2, ... (text with markup, or ids)."""
+        self.model.set_script([r if isinstance(r, list) else reply_ids(self.tok, r) for r in replies], delay_s)
+
+    def stats(self) -> Any:
+        return self.engine.stats()
+
+
+@contextmanager
+def scripted_server(
+    tok: Tokenizer,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 16,
+    max_num_seqs: int = 8,
+    num_kv_blocks: int = 256,
+    max_model_len: int = 1024,
+    delay_s: float = 0.0,
+) -> Iterator[ScriptedServer]:
+    trigger = tok.encode(ASSISTANT_HEADER, allow_special=True)
+    model = ScriptedModel(scripted_config(tok.vocab_size), trigger, [], tok.im_end_id, delay_s).eval()
+    llm = LLM(
+        model,
+        tokenizer=tok,
+        runner="reference",
+        num_kv_blocks=num_kv_blocks,
+        block_size=16,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+    )
+    engine = AsyncLLM(llm)
+    state = server_state(engine, MODEL_NAME, api_key=api_key, max_queue=max_queue)
+    try:
+        with BackgroundServer(create_app(state)) as server:
+            yield ScriptedServer(server.url, model, engine, state, tok)
+    finally:
+        engine.shutdown()
