@@ -9,6 +9,10 @@ The held-out split is by file: a seeded choice of `holdout_fraction` of the file
 evaluation, so no evaluation document was seen in training. A single input file is split by tokens instead
 (its last `holdout_fraction`).
 
+A pre-tokenized array may come with a loss mask beside it, `NAME.mask.npy` (one 0/1 per token; 1 = the token is
+a training target): tokens with mask 0 are still read as context but get the label -100, which
+`F.cross_entropy` ignores. Chat data uses it to train on the assistant's replies only.
+
 Packing: the stream is cut into non-overlapping windows of `seq_len + 1` tokens (inputs and next-token targets).
 Attention runs across the EOS boundaries inside a window, as in the usual pre-training packing. Each epoch visits
 the windows in a seeded random order; the batcher's position (epoch, cursor) is all that resume needs.
@@ -133,12 +137,57 @@ def load_stream(files: Sequence[Path], tokenizer: TextEncoder | None, bin_dtype:
     return tokenize_texts(texts, tokenizer, tokenizer.eos_id)
 
 
+IGNORE_LABEL = -100  # F.cross_entropy's default ignore_index
+
+
+def mask_path(path: Path) -> Path:
+    """Where the loss mask of a token array lives: `data.npy` → `data.mask.npy`."""
+    return path.with_name(path.name.removesuffix(path.suffix) + ".mask.npy")
+
+
+def load_loss_mask(files: Sequence[Path], lengths: Sequence[int]) -> np.ndarray | None:
+    """The concatenated loss masks of token arrays, or None when no array has one (all must, or none)."""
+    present = [mask_path(f).is_file() for f in files]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = files[present.index(False)]
+        raise ValueError(f"some token arrays have a loss mask and {missing} has none ({mask_path(missing).name})")
+    masks = []
+    for f, n in zip(files, lengths):
+        mask = np.load(mask_path(f))
+        if mask.ndim != 1 or len(mask) != n:
+            raise ValueError(f"{mask_path(f)}: loss mask of shape {list(mask.shape)} for {n} tokens in {f.name}")
+        masks.append(mask.astype(bool))
+    return np.concatenate(masks)
+
+
+def load_stream_and_mask(
+    files: Sequence[Path], tokenizer: TextEncoder | None, bin_dtype: str = "uint16"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`load_stream` plus the loss mask of token arrays that have one."""
+    if files and all(is_array_file(f) for f in files):
+        arrays = [load_token_array(f, bin_dtype) for f in files]
+        return np.concatenate(arrays), load_loss_mask(files, [len(a) for a in arrays])
+    return load_stream(files, tokenizer, bin_dtype), None
+
+
+def labels(window_tokens: np.ndarray, window_mask: np.ndarray | None) -> np.ndarray:
+    """Next-token labels of a `seq_len + 1` window: tokens 1.. with IGNORE_LABEL where the mask is 0."""
+    targets = window_tokens[1:].astype(np.int64)
+    if window_mask is not None:
+        targets = np.where(window_mask[1:], targets, IGNORE_LABEL)
+    return targets
+
+
 @dataclass
 class TokenSplits:
     train: np.ndarray  # int64 [N_train]
     eval: np.ndarray  # int64 [N_eval]
     train_files: int
     eval_files: int
+    train_mask: np.ndarray | None = None  # bool [N_train]: which tokens are training targets (None: all)
+    eval_mask: np.ndarray | None = None
 
 
 def prepare_splits(
@@ -156,16 +205,22 @@ def prepare_splits(
     if eval_paths:
         eval_files = find_files(eval_paths, text_glob)
         train_files = [f for f in files if f not in set(eval_files)]
-        train, held = load_stream(train_files, tokenizer, bin_dtype), load_stream(eval_files, tokenizer, bin_dtype)
+        train, train_mask = load_stream_and_mask(train_files, tokenizer, bin_dtype)
+        held, eval_mask = load_stream_and_mask(eval_files, tokenizer, bin_dtype)
     elif len(files) == 1:
         train_files, eval_files = files, files
-        stream = load_stream(files, tokenizer, bin_dtype)
+        stream, mask = load_stream_and_mask(files, tokenizer, bin_dtype)
         cut = len(stream) - max(1, math.ceil(len(stream) * holdout_fraction))
         train, held = stream[:cut], stream[cut:]
+        train_mask, eval_mask = (None, None) if mask is None else (mask[:cut], mask[cut:])
     else:
         train_files, eval_files = split_holdout(files, holdout_fraction, seed)
-        train, held = load_stream(train_files, tokenizer, bin_dtype), load_stream(eval_files, tokenizer, bin_dtype)
-    return TokenSplits(train=train, eval=held, train_files=len(train_files), eval_files=len(eval_files))
+        train, train_mask = load_stream_and_mask(train_files, tokenizer, bin_dtype)
+        held, eval_mask = load_stream_and_mask(eval_files, tokenizer, bin_dtype)
+    return TokenSplits(
+        train=train, eval=held, train_files=len(train_files), eval_files=len(eval_files),
+        train_mask=train_mask, eval_mask=eval_mask,
+    )  # fmt: skip
 
 
 def num_windows(tokens: int, seq_len: int) -> int:
@@ -182,8 +237,11 @@ def window(stream: np.ndarray, index: int, seq_len: int) -> np.ndarray:
 class PackedBatches:
     """Batches of packed windows in a seeded random order per epoch; `state()` / `load_state()` for resume."""
 
-    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, loss_mask: np.ndarray | None = None
+    ) -> None:
         self.stream, self.seq_len, self.batch_size, self.seed = stream, seq_len, batch_size, seed
+        self.loss_mask = loss_mask
         self.windows = num_windows(len(stream), seq_len)
         if self.windows < batch_size:
             raise ValueError(
@@ -204,18 +262,29 @@ class PackedBatches:
         self._order = self._permutation(self.epoch)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), int64 [B, S] each. Windows left over at an epoch's end start the next epoch."""
+        """(inputs, targets), int64 [B, S] each (targets IGNORE_LABEL where the loss mask is 0).
+
+        Windows left over at an epoch's end start the next epoch."""
         if self.cursor + self.batch_size > self.windows:
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
         picks = self._order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
-        batch = torch.from_numpy(np.stack([window(self.stream, int(i), self.seq_len) for i in picks]))
-        return batch[:, :-1], batch[:, 1:]
+        return _batch(self.stream, self.loss_mask, [int(i) for i in picks], self.seq_len)
+
+
+def _batch(
+    stream: np.ndarray, loss_mask: np.ndarray | None, indices: Sequence[int], seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [window(stream, i, seq_len) for i in indices]
+    masks = [None if loss_mask is None else window(loss_mask, i, seq_len) for i in indices]
+    inputs = torch.from_numpy(np.stack([r[:-1].astype(np.int64) for r in rows]))
+    targets = torch.from_numpy(np.stack([labels(r, m) for r, m in zip(rows, masks)]))
+    return inputs, targets
 
 
 def eval_batches(
-    stream: np.ndarray, seq_len: int, batch_size: int, max_batches: int
+    stream: np.ndarray, seq_len: int, batch_size: int, max_batches: int, loss_mask: np.ndarray | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `max_batches` batches of held-out windows, in order (the same every evaluation)."""
     n = min(num_windows(len(stream), seq_len), batch_size * max_batches)
@@ -223,7 +292,5 @@ def eval_batches(
         raise ValueError(f"held-out data has {len(stream)} tokens: not one window of seq_len+1={seq_len + 1}")
     out = []
     for start in range(0, n, batch_size):
-        rows = [window(stream, i, seq_len) for i in range(start, min(n, start + batch_size))]
-        batch = torch.from_numpy(np.stack(rows))
-        out.append((batch[:, :-1], batch[:, 1:]))
+        out.append(_batch(stream, loss_mask, range(start, min(n, start + batch_size)), seq_len))
     return out

@@ -220,8 +220,12 @@ class Trainer:
         self.tokenizer = _load_tokenizer(cfg.tokenizer)
         self.model = self._build_model()
         self.splits = self._load_data()
-        self.batches = PackedBatches(self.splits.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
-        self.eval_set = eval_batches(self.splits.eval, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
+        self.batches = PackedBatches(
+            self.splits.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed, loss_mask=self.splits.train_mask
+        )
+        self.eval_set = eval_batches(
+            self.splits.eval, cfg.seq_len, cfg.batch_size, cfg.eval_batches, loss_mask=self.splits.eval_mask
+        )
         self.optimizer = MuonClip.for_model(
             self.model,
             use_muon=cfg.optimizer != "adamw",
@@ -303,6 +307,9 @@ class Trainer:
             data_dir.mkdir(parents=True, exist_ok=True)
             np.save(data_dir / "train.npy", splits.train)
             np.save(data_dir / "eval.npy", splits.eval)
+            for name, mask in (("train.mask.npy", splits.train_mask), ("eval.mask.npy", splits.eval_mask)):
+                if mask is not None:
+                    np.save(data_dir / name, mask)
             meta = {"source": source, "train_files": splits.train_files, "eval_files": splits.eval_files,
                     "train_tokens": int(len(splits.train)), "eval_tokens": int(len(splits.eval))}  # fmt: skip
             meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
