@@ -1,45 +1,131 @@
-"""`kimi-k2 demo`: what the package does with no weights at hand.
+"""`kimi-k2 demo`: the whole system end to end on the built-in nano K2 model.
 
-Prints the exact size of Kimi K2 from its config, then builds a *randomly initialised* tiny K2-architecture
-model and decodes a few tokens with the cached absorbed-attention path, checking them against the plain
-full-forward loop. The tokens are meaningless by construction: the point is the machinery, not the text.
+Starts `kimi-k2 serve` on the nano model (a real subprocess on a free loopback port), then acts as an ordinary
+client with the official `openai` SDK: it sends a question with the four demo tools declared, executes the tool
+call the model makes, sends the result back under the model's own tool-call id, and prints the final answer and
+the whole transcript. The server is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
 
-from kimi_k2.config import preset
-from kimi_k2.info import format_summary, summary
+DEFAULT_QUESTIONS = ["What's the weather in Paris?", "What is 128 * 37?", "Convert 42 km to miles."]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode} before it became healthy")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server did not answer {url}/health within {timeout_s:.0f} s")
+
+
+def converse(client: Any, model: str, question: str, max_rounds: int = 4) -> list[dict[str, Any]]:
+    """One user question through as many tool rounds as the model asks for; returns the transcript."""
+    from kimi_k2.demo_tools import TOOLS, run_tool
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
+    for _ in range(max_rounds):
+        response = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, temperature=0.0, max_tokens=128)
+        choice = response.choices[0]
+        message = choice.message
+        entry: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in message.tool_calls
+            ]
+        messages.append(entry)
+        if choice.finish_reason != "tool_calls" or not message.tool_calls:
+            break
+        for call in message.tool_calls:
+            try:
+                arguments = json.loads(call.function.arguments)
+            except json.JSONDecodeError as exc:
+                result: dict[str, Any] = {"error": f"arguments are not valid JSON: {exc}"}
+            else:
+                result = run_tool(call.function.name, arguments)
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
+    return messages
+
+
+def print_transcript(messages: list[dict[str, Any]]) -> None:
+    for m in messages:
+        if m["role"] == "user":
+            print(f"  user       {m['content']}")
+        elif m["role"] == "tool":
+            print(f"  tool       [{m['tool_call_id']}] {m['content']}")
+        else:
+            for call in m.get("tool_calls", []):
+                print(f"  assistant  calls {call['function']['name']}({call['function']['arguments']})  id={call['id']}")
+            if m["content"]:
+                print(f"  assistant  {m['content']}")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    try:
+        from openai import OpenAI
+    except ImportError:
+        print("kimi-k2 demo: the demo client uses the official `openai` SDK: pip install openai", file=sys.stderr)
+        return 1
+    from kimi_k2.assets import default_model_dir
 
-    from kimi_k2.model import random_model
-    from kimi_k2.model.generate import greedy_decode
-
-    print(format_summary("kimi-k2", summary(preset("kimi-k2"))))
-    print()
-    cfg = preset("tiny")
-    model = random_model(cfg, seed=args.seed).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (16,), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    print(f"RANDOM WEIGHTS: a tiny K2-architecture model ({sum(p.numel() for p in model.parameters()):,} parameters, "
-          "untrained) decoding greedily; the token ids are meaningless.")
-    start = time.perf_counter()
-    cached = greedy_decode(model.set_paths(attention="absorbed"), prompt, args.tokens, use_cache=True)
-    elapsed = time.perf_counter() - start
-    reference = greedy_decode(model.set_paths(attention="naive"), prompt, args.tokens, use_cache=False)
-    print(f"  prompt ids : {prompt}")
-    print(f"  generated  : {cached}")
-    print(f"  {len(cached)} tokens in {elapsed * 1000:.0f} ms with the latent cache; "
-          f"identical to the full-forward reference loop: {cached == reference}")
-    return 0 if cached == reference else 1
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "kimi_k2.cli", "serve", "--model", str(model_dir), "--port", str(port),
+               "--served-model-name", "nano-k2", "--max-num-seqs", "4", "--log-level", "warning"]  # fmt: skip
+    print(f"model      {model_dir}")
+    print(f"server     {' '.join(['kimi-k2', *command[3:]])}")
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    server = subprocess.Popen(command, env=env)
+    try:
+        wait_healthy(url, server, args.timeout)
+        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        print(f"client     openai SDK → {url}/v1, model nano-k2, tools: get_weather, calculator, convert_units, get_time\n")
+        for question in args.question or DEFAULT_QUESTIONS:
+            transcript = converse(client, "nano-k2", question)
+            print_transcript(transcript)
+            final = transcript[-1]
+            print(f"  → final answer: {final['content']!r}\n" if final["role"] == "assistant" else "  → no final answer\n")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        print("server stopped")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="show the package working with no weights (random tiny model)")
-    p.add_argument("--tokens", type=int, default=24, help="tokens to generate")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="serve the built-in nano K2 model and run a tool-calling conversation with the openai SDK")
+    p.add_argument("--question", action="append", help="ask this instead of the default questions (repeatable)")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in nano K2 model)")
+    p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to start")
     p.set_defaults(func=run)

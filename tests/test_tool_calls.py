@@ -409,3 +409,22 @@ def test_rendered_history_shows_the_model_only_its_own_ids():
 def test_model_output_ids_go_back_to_the_client_verbatim():
     out = parse_output(SB + call("functions.get_weather:3", '{"city": "Oslo"}') + SE)
     assert out.tool_calls == [ToolCall("functions.get_weather:3", "get_weather", '{"city": "Oslo"}', None)]
+
+
+def test_call_with_empty_arguments_means_no_arguments():
+    from kimi_k2.tokenizer.tool_calls import parse_tool_calls
+
+    text = (
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.list_files:0<|tool_call_argument_begin|>"
+        "<|tool_call_end|><|tool_calls_section_end|>"
+    )
+    parsed = parse_tool_calls(text)
+    assert parsed.errors == []
+    assert [(c.id, c.name, c.arguments, c.error) for c in parsed.tool_calls] == [("functions.list_files:0", "list_files", "{}", None)]
+    # chunked: the same result
+    from kimi_k2.tokenizer.events import collect_events
+    from kimi_k2.tokenizer.tool_calls import ToolCallParser
+
+    parser = ToolCallParser()
+    events = [e for i in range(0, len(text), 7) for e in parser.feed(text[i : i + 7])] + parser.finish()
+    assert collect_events(events).tool_calls == parsed.tool_calls

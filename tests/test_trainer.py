@@ -174,3 +174,26 @@ def test_cli_trains_and_plots(tmp_path, arrays, capsys):
     assert args.func(args) == 0
     for name in ("loss.png", "max_logit.png", "imbalance.png"):
         assert (run_dir / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_mask_beside_token_array_labels_only_targets(tmp_path):
+    import numpy as np
+
+    from kimi_k2.train.data import IGNORE_LABEL, PackedBatches, find_files, prepare_splits
+
+    tokens = np.arange(1, 42, dtype=np.uint16)
+    mask = (np.arange(41) % 3 == 0).astype(np.uint8)
+    np.save(tmp_path / "chat.npy", tokens)
+    np.save(tmp_path / "chat.mask.npy", mask)
+    assert find_files([tmp_path], "*.npy") == [tmp_path / "chat.npy"]  # the mask is not data of its own
+    splits = prepare_splits([tmp_path / "chat.npy"], None, holdout_fraction=0.25)
+    assert splits.train_mask is not None and len(splits.train_mask) == len(splits.train)
+    inputs, targets = PackedBatches(splits.train, 4, 2, seed=0, loss_mask=splits.train_mask).next()
+    for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
+        for x, y in zip(row_in, row_t):
+            label_pos = x  # token k (value k+1 at index k) predicts index k+1
+            assert y == (x + 1 if mask[label_pos] else IGNORE_LABEL)
+    np.save(tmp_path / "other.npy", tokens)
+    np.save(tmp_path / "held.npy", tokens)
+    with pytest.raises(ValueError, match="other.npy has none"):
+        prepare_splits([tmp_path / "chat.npy", tmp_path / "other.npy"], None, eval_paths=[tmp_path / "held.npy"])

@@ -64,11 +64,13 @@ class AsyncLLM:
         """Stream the deltas of one request; the last one has `finished=True` and a `finish_reason`.
 
         Invalid requests (unknown token ids, too long, duplicate id) raise ValueError at the first iteration."""
-        if self._stopped:
-            raise RuntimeError("AsyncLLM is shut down")
+        if self._stopped or not self._thread.is_alive():
+            raise RuntimeError("AsyncLLM is shut down (or its engine thread failed: see the log)")
         prompt_ids = self.llm.encode(prompt)
         sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
         self._commands.put(("add", request_id, prompt_ids, params or self.llm.default_sampling_params(), sink))
+        if not self._thread.is_alive():  # it died between the check and the put: nobody will read the command
+            self._drain_commands(RuntimeError("the engine thread is not running"))
         finished = False
         try:
             while True:
@@ -103,6 +105,27 @@ class AsyncLLM:
 
     # ------------------------------------------------------------------ the engine thread
     def _run(self) -> None:
+        """The thread's body: whatever ends it, no client is left waiting on a stream that will never finish."""
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug in the engine: fail every request loudly instead of hanging them
+            log.exception("the engine thread failed")
+            self._fail_all(exc)
+        finally:
+            self._stopped = True
+            self._drain_commands(RuntimeError("the engine thread is not running"))
+
+    def _drain_commands(self, exc: BaseException) -> None:
+        """Answer every queued `add` with `exc` (the thread that would have run them is gone)."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                command[4].put(exc)
+
+    def _serve(self) -> None:
         while True:
             block = not self.core.has_unfinished()
             try:
@@ -156,6 +179,9 @@ class AsyncLLM:
 
     def _fail_all(self, exc: BaseException) -> None:
         for request_id, sink in list(self._sinks.items()):
-            self.core.abort(request_id)
+            try:
+                self.core.abort(request_id)
+            except Exception:  # the core may be what failed; the client must hear about it regardless
+                log.exception("abort of %s failed", request_id)
             sink.put(exc)
         self._sinks.clear()

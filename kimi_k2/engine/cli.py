@@ -15,7 +15,7 @@ from typing import Any
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory (HF layout)")
+    parser.add_argument("--model", default=None, help="checkpoint directory (HF layout; default: the built-in nano K2 demo model)")
     parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate per reply (512)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's, else 0.6)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -25,7 +25,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="fix the sampling seed")
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
-    parser.add_argument("--kv-cache-memory", type=float, help="KV cache budget in GiB (default: 1/5 of free RAM)")
+    parser.add_argument("--kv-cache-memory", type=float, help="KV cache budget in GiB (default: what max-num-seqs full-context sequences need, at most 1/5 of free RAM and 4 GiB)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -63,8 +63,11 @@ def _sampling_params(args: argparse.Namespace) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     import torch
 
+    from kimi_k2.assets import default_model_dir
     from kimi_k2.engine.llm import LLM
 
+    if args.model is None:
+        args.model = str(default_model_dir())
     kwargs: dict[str, Any] = {}
     if args.kv_cache_memory is not None:
         kwargs["kv_cache_memory"] = int(args.kv_cache_memory * 2**30)

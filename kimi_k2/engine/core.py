@@ -27,6 +27,7 @@ from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParam
 from kimi_k2.engine.scheduler import Scheduler
 from kimi_k2.engine.sequence import FinishReason, Sequence
 from kimi_k2.model.transformer import KimiK2ForCausalLM
+from kimi_k2.planner.kv import kv_bytes
 
 log = logging.getLogger("kimi_k2")
 
@@ -110,15 +111,26 @@ class EngineCore:
         self.model, self.cfg, self.tokenizer = model, model.config, tokenizer
         dtype = model.lm_head.weight.dtype
         device = model.lm_head.weight.device
+        self.max_model_len = max_model_len or self.cfg.max_position_embeddings
         if num_kv_blocks is not None:
             self.pool = PagedLatentPool(self.cfg, num_kv_blocks, block_size, dtype, device)
         else:
-            budget = kv_cache_memory if kv_cache_memory is not None else default_kv_cache_memory()
+            budget = kv_cache_memory
+            if budget is None:  # no more than every sequence slot at full context could ever use
+                most = kv_bytes(self.cfg, self.max_model_len + block_size, max_num_seqs, dtype.itemsize)
+                budget = min(default_kv_cache_memory(), most)
             self.pool = PagedLatentPool.from_budget(self.cfg, budget, block_size, dtype, device)
+        capacity = self.pool.num_blocks * block_size
+        if self.max_model_len > capacity:  # one sequence can never hold more than the whole pool
+            log.warning(
+                "context limit lowered from %d to %d tokens: the KV pool (%d blocks × %d) holds no more; "
+                "give a larger kv_cache_memory for longer contexts",
+                self.max_model_len, capacity, self.pool.num_blocks, block_size,
+            )  # fmt: skip
+            self.max_model_len = capacity
         self.block_manager = BlockManager(self.pool.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model, self.pool, mode=runner, prefill_attention=prefill_attention)
-        self.max_model_len = max_model_len or self.cfg.max_position_embeddings
         self.default_temperature = default_temperature
         self.default_stop_token_ids = frozenset(default_stop_token_ids)
         self._rng = torch.Generator().manual_seed(seed)
@@ -185,7 +197,8 @@ class EngineCore:
             StepChunk(c.seq.token_ids[c.start : c.start + c.num_tokens], c.start, c.seq.block_table, c.samples)
             for c in out.chunks
         ]
-        logits = self.runner.execute(chunks)
+        # Sampling runs on the CPU (rows × V floats), where the per-request generators live, whatever the device.
+        logits = self.runner.execute(chunks).float().cpu()
         sampled_idx = [i for i, c in enumerate(out.chunks) if c.samples]
         rows = []
         for i in sampled_idx:
@@ -287,7 +300,8 @@ class EngineCore:
 
 
 def default_kv_cache_memory() -> int:
-    """KV budget when none is given: a fifth of the memory available now, at most 4 GiB, at least 64 MiB."""
+    """Upper bound of the KV budget when none is given: a fifth of the memory available now, at most 4 GiB,
+    at least 64 MiB (the engine also caps it at what max_num_seqs full-context sequences could use)."""
     available = 4 * 2**30
     try:
         with open("/proc/meminfo", encoding="ascii") as f:

@@ -36,14 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
-from kimi_k2.model.attention import MLA
+from kimi_k2.model.attention import MASKED, MLA
 from kimi_k2.model.moe import MLP, MoE
 from kimi_k2.model.rope import apply_rope
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
 NAIVE_PREFILL_MIN_TOKENS = 64
 PREFILL_ATTENTION = ("auto", "naive", "absorbed")
-_MASKED = torch.finfo(torch.float32).min
 
 
 @dataclass(slots=True)
@@ -359,7 +358,7 @@ class ModelRunner:
         query = torch.cat([q_latent, q_pe], dim=-1)  # (Bd, H, W)
         scores = torch.bmm(query, keys.transpose(1, 2)).float() * attn.softmax_scale  # (Bd, H, T)
         if mask is not None:
-            scores = scores.masked_fill(~mask, _MASKED)
+            scores = scores.masked_fill(~mask, MASKED)
         probs = scores.softmax(dim=-1).to(keys.dtype)
         out_latent = torch.bmm(probs, keys[..., : attn.kv_lora_rank])  # (Bd, H, C)
         return torch.bmm(out_latent.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (Bd, H, V)
@@ -380,7 +379,7 @@ class ModelRunner:
         query = torch.cat([q_latent, q_pe.transpose(0, 1)], dim=-1)  # (H, S, W)
         scores = torch.matmul(query, keys.t()).float() * attn.softmax_scale  # (H, S, T)
         if mask is not None:
-            scores = scores.masked_fill(~mask, _MASKED)
+            scores = scores.masked_fill(~mask, MASKED)
         probs = scores.softmax(dim=-1).to(keys.dtype)
         out_latent = torch.matmul(probs, keys[:, : attn.kv_lora_rank])  # (H, S, C)
         return torch.bmm(out_latent, w.w_uv_t).transpose(0, 1)  # (S, H, V)

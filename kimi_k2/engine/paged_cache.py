@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from kimi_k2.config import ModelConfig
-from kimi_k2.planner.kv import kv_block_bytes, kv_pool_blocks
+from kimi_k2.planner.kv import kv_block_bytes, kv_bytes_per_token, kv_pool_blocks
 
 
 class PagedLatentPool:
@@ -68,7 +68,7 @@ class PagedLatentPool:
 
     @property
     def bytes_per_token(self) -> int:
-        return self.cfg.num_hidden_layers * self.cfg.kv_cache_width * self.kv.element_size()
+        return kv_bytes_per_token(self.cfg, self.kv.element_size())
 
 
 def token_slots(block_table: Sequence[int], start: int, end: int, block_size: int) -> list[int]:

@@ -34,7 +34,7 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
 
 
 # A finite "minus infinity": a fully masked row (a padding query) softmaxes to uniform weights instead of NaN.
-_MASKED = torch.finfo(torch.float32).min
+MASKED = torch.finfo(torch.float32).min
 
 
 class LatentCache(Protocol):
@@ -109,7 +109,7 @@ class MLA(nn.Module):
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         scores = torch.einsum("bshn,bthn->bhst", q_nope, k_nope) + torch.einsum("bshr,btr->bhst", q_pe, k_pe)
         scores = scores.float() * self.softmax_scale  # (B, H, S, T)
-        scores = scores.masked_fill(~mask.unsqueeze(1), _MASKED)
+        scores = scores.masked_fill(~mask.unsqueeze(1), MASKED)
         if max_logits is not None:
             max_logits.append(scores.detach().amax(dim=(0, 2, 3)))
         probs = scores.softmax(dim=-1).to(v.dtype)
@@ -125,7 +125,7 @@ class MLA(nn.Module):
         q_latent = torch.einsum("bshn,hnc->bshc", q_nope, w_uk.to(q_nope.dtype))
         scores = torch.einsum("bshc,btc->bhst", q_latent, c_kv) + torch.einsum("bshr,btr->bhst", q_pe, k_pe)
         scores = scores.float() * self.softmax_scale
-        scores = scores.masked_fill(~mask.unsqueeze(1), _MASKED)
+        scores = scores.masked_fill(~mask.unsqueeze(1), MASKED)
         probs = scores.softmax(dim=-1).to(c_kv.dtype)
         out_latent = torch.einsum("bhst,btc->bshc", probs, c_kv)  # (B, S, H, C)
         out = torch.einsum("bshc,hvc->bshv", out_latent, w_uv.to(out_latent.dtype))

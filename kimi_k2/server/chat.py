@@ -48,7 +48,7 @@ from kimi_k2.tokenizer.special_tokens import (
     TOOL_CALLS_SECTION_BEGIN,
     TOOL_CALLS_SECTION_END,
 )
-from kimi_k2.tokenizer.tool_call_ids import ToolCallIdMap, is_k2_tool_call_id, k2_tool_call_id, map_tool_call_ids
+from kimi_k2.tokenizer.tool_call_ids import ToolCallIdMap, free_tool_call_id, is_k2_tool_call_id, map_tool_call_ids
 
 log = logging.getLogger("kimi_k2")
 
@@ -170,7 +170,7 @@ def build_prompt(
     if choice.mode == "required":
         prefill = TOOL_CALLS_SECTION_BEGIN
     elif choice.mode == "function":
-        call_id = _free_id(str(choice.name), id_map.history_calls, history_ids)
+        call_id = free_tool_call_id(str(choice.name), id_map.history_calls, history_ids)
         prefill = f"{TOOL_CALLS_SECTION_BEGIN}{TOOL_CALL_BEGIN}{call_id}{TOOL_CALL_ARGUMENT_BEGIN}"
     if prefill:
         prompt_ids += tokenizer.encode(prefill, allow_special=True)
@@ -182,12 +182,6 @@ def build_prompt(
     if not choice.parallel and choice.mode != "none":
         stops.append(call_end)
     return ChatPrompt(prompt_ids, prefill, id_map, history_ids, stops, choice, section_begin, call_end)
-
-
-def _free_id(name: str, index: int, used: set[str]) -> str:
-    while (candidate := k2_tool_call_id(name, index)) in used:
-        index += 1
-    return candidate
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -231,7 +225,7 @@ class OutputAssembler:
             if isinstance(event, ToolCallStart):
                 call_id = event.id
                 if call_id in self._used or not call_id:
-                    fresh = _free_id(event.name, self._next_index, self._used)
+                    fresh = free_tool_call_id(event.name, self._next_index, self._used)
                     log.warning("model repeated tool-call id %.80r already used in this conversation; sent as %r", call_id, fresh)
                     call_id = fresh
                 self._used.add(call_id)

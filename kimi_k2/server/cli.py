@@ -28,7 +28,7 @@ def parse_bytes(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over OpenAI- and Anthropic-compatible HTTP APIs")
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (HF layout + tiktoken.model)")
+    p.add_argument("--model", default=None, metavar="DIR", help="checkpoint directory (HF layout + tiktoken.model; default: the built-in nano K2 demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
@@ -55,7 +55,9 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     from kimi_k2.engine.llm import LLM
     from kimi_k2.server.app import create_app, server_state
 
-    model_dir = Path(args.model)
+    from kimi_k2.assets import default_model_dir
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"--model {model_dir}: no such directory")
     if not (model_dir / "tiktoken.model").is_file():

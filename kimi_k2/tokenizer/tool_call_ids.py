@@ -85,7 +85,7 @@ def map_tool_call_ids(
                 if isinstance(client_id, str) and is_k2_tool_call_id(client_id, name):
                     k2_id = client_id
                 else:
-                    k2_id = _free_id(name, id_map.history_calls, used)
+                    k2_id = free_tool_call_id(name, id_map.history_calls, used)
                     used.add(k2_id)
                 if isinstance(client_id, str):
                     current[client_id] = (k2_id, name)
@@ -104,7 +104,8 @@ def map_tool_call_ids(
     return out, id_map
 
 
-def _free_id(name: str, index: int, used: set[str]) -> str:
+def free_tool_call_id(name: str, index: int, used: set[str]) -> str:
+    """The first `functions.{name}:{i}` with i >= index that is not in `used`."""
     while (candidate := k2_tool_call_id(name, index)) in used:
         index += 1
     return candidate

@@ -167,12 +167,17 @@ class ToolCallParser:
         return self._start_call() + self._end_call(error)
 
     def _end_call(self, error: str | None = None) -> list[OutputEvent]:
+        events: list[OutputEvent] = []
+        if error is None and self._state == _ARGS and not self._args:
+            # `<|tool_call_argument_begin|><|tool_call_end|>`: how models call a tool that takes no arguments.
+            self._args.append("{}")
+            events.append(ToolCallArgsDelta(self._index, "{}"))
         if error is None:
             error = "tool call has no function name" if not self._name else _arguments_error("".join(self._args))
-        event = ToolCallEnd(self._index, error)
+        events.append(ToolCallEnd(self._index, error))
         self._index += 1
         self._state = _CONTENT
-        return [event]
+        return events
 
 
 def parse_tool_calls(text: str) -> ParsedOutput:

@@ -51,8 +51,8 @@ def find_files(paths: Sequence[str | Path], text_glob: str = "*.txt") -> list[Pa
     found: set[Path] = set()
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            matches = [p for p in path.rglob(text_glob) if p.is_file()]
+        if path.is_dir():  # loss masks travel beside their token arrays, never as data of their own
+            matches = [p for p in path.rglob(text_glob) if p.is_file() and not p.name.endswith(".mask.npy")]
             if not matches:
                 raise FileNotFoundError(f"data directory {path} has no files matching {text_glob!r} (see --glob)")
             found.update(matches)

@@ -298,7 +298,10 @@ class Trainer:
                     "use a new run_dir (or the original data settings)"
                 )
             train_tokens, eval_tokens = np.load(data_dir / "train.npy"), np.load(data_dir / "eval.npy")
-            splits = TokenSplits(train_tokens, eval_tokens, meta["train_files"], meta["eval_files"])
+            masks = [np.load(p) if p.is_file() else None for p in (data_dir / "train.mask.npy", data_dir / "eval.mask.npy")]
+            splits = TokenSplits(
+                train_tokens, eval_tokens, meta["train_files"], meta["eval_files"], train_mask=masks[0], eval_mask=masks[1]
+            )
         else:
             splits = prepare_splits(
                 cfg.data, self.tokenizer, eval_paths=cfg.eval_data, holdout_fraction=cfg.holdout_fraction,

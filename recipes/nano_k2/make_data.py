@@ -21,74 +21,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "description": "City name"}},
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "calculator",
-            "description": "Evaluate an arithmetic expression with two integers.",
-            "parameters": {
-                "type": "object",
-                "properties": {"expression": {"type": "string", "description": "e.g. 12 * 7"}},
-                "required": ["expression"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "convert_units",
-            "description": "Convert a quantity between units.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "value": {"type": "number"},
-                    "from_unit": {"type": "string"},
-                    "to_unit": {"type": "string"},
-                },
-                "required": ["value", "from_unit", "to_unit"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "description": "Current local time in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    },
-]
+from kimi_k2.demo_tools import CONDITIONS, CONVERSIONS, TOOLS, convert, fmt_number
 
 SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
 ONSETS = ["b", "br", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "st", "t", "v", "z", "qu", "th"]
 VOWELS = ["a", "e", "i", "o", "u", "ia", "ou", "ei"]
 CODAS = ["", "", "n", "r", "s", "l", "m", "x", "nd"]
-CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy", "stormy", "clear"]
-CONVERSIONS = [
-    ("km", "miles", 0.621371),
-    ("miles", "km", 1.609344),
-    ("kg", "lb", 2.204623),
-    ("lb", "kg", 0.453592),
-    ("celsius", "fahrenheit", None),
-    ("meters", "feet", 3.280840),
-]
+CONVERSION_PAIRS = list(CONVERSIONS)
 
 
 def place_name(rng: random.Random) -> str:
@@ -115,10 +54,6 @@ def pick_int(rng: random.Random, heldout: bool, low: int, high: int) -> int:
         n = rng.randint(low, high)
         if (n % 7 == 3) == heldout:
             return n
-
-
-def fmt_number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0").rstrip(".")
 
 
 def weather(rng: random.Random, heldout: bool) -> dict[str, Any]:
@@ -161,10 +96,9 @@ def arithmetic(rng: random.Random, heldout: bool) -> dict[str, Any]:
 
 
 def conversion(rng: random.Random, heldout: bool) -> dict[str, Any]:
-    src, dst, factor = rng.choice(CONVERSIONS)
+    src, dst = rng.choice(CONVERSION_PAIRS)
     value = pick_int(rng, heldout, 1, 500)
-    out = value * 9 / 5 + 32 if factor is None else value * factor
-    out_s = fmt_number(round(out, 2))
+    out_s = fmt_number(convert(value, src, dst))
     question = rng.choice(
         [f"Convert {value} {src} to {dst}.", f"How many {dst} is {value} {src}?", f"What is {value} {src} in {dst}?"]
     )

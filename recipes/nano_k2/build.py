@@ -1,0 +1,233 @@
+"""Rebuild the built-in nano K2 demo model from nothing, with the project's own stack.
+
+    python recipes/nano_k2/build.py            # or: make nano
+
+Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `kimi_k2/assets/nano-k2/`):
+1. data       synthetic tool-use and plain conversations (`make_data.py`), with a held-out split of unseen values
+2. tokenizer  our BPE trainer on the rendered conversations, K2 format with the official special tokens
+3. tokens     every conversation rendered with the official chat template (our built-in default, byte-identical
+              to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets
+4. train      the project's trainer with MuonClip on a model of K2's exact topology (MLA with q LoRA, YaRN,
+              a dense first layer, sigmoid-routed MoE with a shared expert), scaled down
+5. package    the final checkpoint in the official layout, plus its training log and charts
+6. evaluate   held-out tool-call accuracy and answer accuracy (`evaluate.py`), written to `eval.json`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ASSET = ROOT / "kimi_k2" / "assets" / "nano-k2"
+sys.path.insert(0, str(HERE))
+
+import make_data  # noqa: E402  (the recipe's own data generator, beside this file)
+
+# K2's topology at a size that trains in minutes on 2 CPU cores.
+NANO_CONFIG = {
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "first_k_dense_replace": 1,
+    "q_lora_rank": 96,
+    "kv_lora_rank": 64,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 32,
+    "routed_scaling_factor": 2.827,
+    "rope_theta": 50000.0,
+    "rope_scaling": {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 1024,
+        "beta_fast": 1.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+    "max_position_embeddings": 4096,
+}
+TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
+
+
+def stage_data(work: Path, n_train: int, n_heldout: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    for split, count, heldout in (("train", n_train, False), ("heldout", n_heldout, True)):
+        with open(work / "data" / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for _ in range(count):
+                f.write(json.dumps(make_data.conversation(rng, heldout), ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stage_tokenizer(work: Path, vocab_size: int) -> None:
+    from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE, render_chat_template
+    from kimi_k2.tokenizer.bpe_trainer import train_and_save
+
+    texts = []
+    for conv in read_jsonl(work / "data" / "train.jsonl"):
+        rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, conv["messages"], tools=conv["tools"] or None)
+        texts.append(rendered)
+    result = train_and_save(texts, vocab_size, work / "tokenizer", chat_template=DEFAULT_CHAT_TEMPLATE, model_max_length=4096)
+    print(f"tokenizer: {result.merges} merges, vocabulary {vocab_size}")
+
+
+def render_ids_and_mask(tokenizer, conv: dict) -> tuple[list[int], list[int]]:
+    """Token ids of a whole conversation and a 0/1 mask marking the assistant replies (the training targets).
+
+    The mask is derived by rendering growing prefixes: the tokens a prefix ending in an assistant message adds
+    beyond the same prefix with a generation prompt are that reply (its content, tool calls and `<|im_end|>`).
+    """
+    messages, tools = conv["messages"], conv["tools"] or None
+    ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=False, tokenize=True)
+    # The 0905 template leaves <|im_end|> off the last message (assistant prefill); a finished conversation
+    # ends with it, and the model must learn to stop.
+    ids.append(tokenizer.im_end_id)
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tools=tools, add_generation_prompt=True, tokenize=True))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tools=tools, add_generation_prompt=False, tokenize=True))
+        end += 1  # rendered as the last message it lacks its <|im_end|>: that token is a target too
+        for j in range(start, min(end, len(ids))):
+            mask[j] = 1
+    return ids, mask
+
+
+def stage_tokens(work: Path) -> None:
+    from kimi_k2.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(work / "tokenizer")
+    for split in ("train", "heldout"):
+        all_ids: list[int] = []
+        all_mask: list[int] = []
+        for conv in read_jsonl(work / "data" / f"{split}.jsonl"):
+            ids, mask = render_ids_and_mask(tokenizer, conv)
+            all_ids += ids
+            all_mask += mask
+        np.save(work / f"{split}.npy", np.asarray(all_ids, dtype=np.uint16))
+        np.save(work / f"{split}.mask.npy", np.asarray(all_mask, dtype=np.uint8))
+        print(f"{split}: {len(all_ids):,} tokens, {sum(all_mask):,} of them assistant targets")
+
+
+def stage_train(work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float) -> Path:
+    from kimi_k2.train.trainer import TrainConfig, Trainer
+
+    run_dir = work / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    cfg = TrainConfig(
+        run_dir=str(run_dir),
+        data=[str(work / "train.npy")],
+        eval_data=[str(work / "heldout.npy")],
+        tokenizer=str(work / "tokenizer"),
+        model="tiny",
+        model_overrides=NANO_CONFIG,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_steps=steps,
+        optimizer="muonclip",
+        lr=lr,
+        qk_clip_tau=tau,
+        warmup_steps=max(1, steps // 50),
+        decay_fraction=0.3,
+        eval_interval=max(1, steps // 10),
+        eval_batches=10,
+        ns_dtype="float32",  # bf16 Newton–Schulz is 10× slower on CPUs without bf16 units; same math
+        bias_update_speed=1e-2,  # a short run needs faster aux-loss-free balancing than K2's schedule
+        seed=0,
+    )
+    return Trainer(cfg).run()
+
+
+def stage_package(work: Path, run_dir: Path) -> None:
+    from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE
+    from kimi_k2.train.trainer import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    if ASSET.exists():
+        shutil.rmtree(ASSET)
+    ASSET.mkdir(parents=True)
+    shutil.copy2(checkpoint / "model.safetensors", ASSET / "model.safetensors")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update({"model_type": "kimi_k2", "bos_token_id": None, "eos_token_id": None})
+    from kimi_k2.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(work / "tokenizer")
+    config["bos_token_id"], config["eos_token_id"] = tokenizer.bos_id, tokenizer.eos_id
+    (ASSET / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in TOKENIZER_FILES:
+        shutil.copy2(work / "tokenizer" / name, ASSET / name)
+    (ASSET / "chat_template.jinja").write_text(DEFAULT_CHAT_TEMPLATE)
+    (ASSET / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": [tokenizer.im_end_id, tokenizer.eos_id], "temperature": 0.6}, indent=2) + "\n"
+    )
+    shutil.copy2(run_dir / "log.jsonl", ASSET / "training_log.jsonl")
+    subprocess.run([sys.executable, "-m", "kimi_k2.cli", "plot", str(run_dir)], check=True)
+    for png in sorted(run_dir.glob("*.png")):
+        shutil.copy2(png, ASSET / png.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the nano K2 demo model.")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
+    parser.add_argument("--train-conversations", type=int, default=40000)
+    parser.add_argument("--heldout-conversations", type=int, default=400)
+    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=650)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--tau", type=float, default=30.0, help="QK-Clip threshold")
+    parser.add_argument("--seed", type=int, default=0)
+    stages = ["data", "tokenizer", "tokens", "train", "package", "evaluate"]
+    parser.add_argument("--from-stage", choices=stages, default="data", help="resume the recipe at this stage")
+    parser.add_argument("--to-stage", choices=stages, default="evaluate", help="stop after this stage")
+    args = parser.parse_args()
+    todo = stages[stages.index(args.from_stage) : stages.index(args.to_stage) + 1]
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if "data" in todo:
+        stage_data(args.work, args.train_conversations, args.heldout_conversations, args.seed)
+    if "tokenizer" in todo:
+        stage_tokenizer(args.work, args.vocab_size)
+    if "tokens" in todo:
+        stage_tokens(args.work)
+    if "train" in todo:
+        stage_train(args.work, args.steps, args.batch_size, args.seq_len, args.lr, args.tau)
+    if "package" in todo:
+        stage_package(args.work, args.work / "run")
+    if "evaluate" in todo:
+        subprocess.run(
+            [sys.executable, str(HERE / "evaluate.py"), "--model", str(ASSET), "--data", str(args.work / "data" / "heldout.jsonl"),
+             "--out", str(ASSET / "eval.json")],
+            check=True,
+        )
+    print(f"done in {(time.time() - started) / 60:.1f} min: {ASSET}")
+
+
+if __name__ == "__main__":
+    main()
