@@ -38,7 +38,7 @@ from tqdm import tqdm
 from kimi_k2.config import ModelConfig, resolve_config
 from kimi_k2.model.transformer import ForwardStats, KimiK2ForCausalLM, random_model
 from kimi_k2.train.balance import update_router_bias_
-from kimi_k2.train.data import PackedBatches, TokenSplits, eval_batches, prepare_splits
+from kimi_k2.train.data import IGNORE_LABEL, PackedBatches, TokenSplits, eval_batches, prepare_splits
 from kimi_k2.train.muonclip import MuonClip
 from kimi_k2.train.schedule import wsd_lr
 
@@ -446,7 +446,7 @@ class Trainer:
             logits = self.model(inputs.to(self.device))
             flat_targets = targets.to(self.device).flatten()
             total += F.cross_entropy(logits.float().flatten(0, 1), flat_targets, reduction="sum").item()
-            count += targets.numel()
+            count += int((targets != IGNORE_LABEL).sum())  # the loss mask's targets only
         self.model.train()
         return total / count
 

@@ -133,19 +133,29 @@ def stage_tokens(work: Path) -> None:
         print(f"{split}: {len(all_ids):,} tokens, {sum(all_mask):,} of them assistant targets")
 
 
-def stage_train(work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float) -> Path:
+def stage_train(
+    work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float, *, phase: int = 1
+) -> Path:
     from kimi_k2.train.trainer import TrainConfig, Trainer
 
-    run_dir = work / "run"
+    """Phase 1 trains from random weights; phase 2 continues from phase 1's final checkpoint (same data, a
+    fresh WSD schedule), which is where copying names and numbers into tool arguments is learned."""
+    from kimi_k2.train.trainer import latest_checkpoint
+
+    run_dir = work / ("run" if phase == 1 else f"run{phase}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    model_args: dict = (
+        {"model": "tiny", "model_overrides": NANO_CONFIG}
+        if phase == 1
+        else {"init_from": str(latest_checkpoint(work / ("run" if phase == 2 else f"run{phase - 1}")))}
+    )
     cfg = TrainConfig(
         run_dir=str(run_dir),
         data=[str(work / "train.npy")],
         eval_data=[str(work / "heldout.npy")],
         tokenizer=str(work / "tokenizer"),
-        model="tiny",
-        model_overrides=NANO_CONFIG,
+        **model_args,
         seq_len=seq_len,
         batch_size=batch_size,
         max_steps=steps,
@@ -158,16 +168,16 @@ def stage_train(work: Path, steps: int, batch_size: int, seq_len: int, lr: float
         eval_batches=10,
         ns_dtype="float32",  # bf16 Newton–Schulz is 10× slower on CPUs without bf16 units; same math
         bias_update_speed=1e-2,  # a short run needs faster aux-loss-free balancing than K2's schedule
-        seed=0,
+        seed=phase - 1,  # phase 2 sees the windows in another order
     )
     return Trainer(cfg).run()
 
 
-def stage_package(work: Path, run_dir: Path) -> None:
+def stage_package(work: Path, run_dirs: list[Path]) -> None:
     from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE
     from kimi_k2.train.trainer import latest_checkpoint
 
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_checkpoint(run_dirs[-1])
     if ASSET.exists():
         shutil.rmtree(ASSET)
     ASSET.mkdir(parents=True)
@@ -185,10 +195,21 @@ def stage_package(work: Path, run_dir: Path) -> None:
     (ASSET / "generation_config.json").write_text(
         json.dumps({"eos_token_id": [tokenizer.im_end_id, tokenizer.eos_id], "temperature": 0.6}, indent=2) + "\n"
     )
-    shutil.copy2(run_dir / "log.jsonl", ASSET / "training_log.jsonl")
-    subprocess.run([sys.executable, "-m", "kimi_k2.cli", "plot", str(run_dir)], check=True)
-    for png in sorted(run_dir.glob("*.png")):
-        shutil.copy2(png, ASSET / png.name)
+    # One log for the whole training: phase 2's steps continue phase 1's count.
+    records = []
+    offset_steps = offset_tokens = 0
+    for phase_dir in run_dirs:
+        phase_records = [json.loads(line) for line in (phase_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+        for r in phase_records:
+            r["step"] += offset_steps
+            r["tokens"] += offset_tokens
+            records.append(r)
+        offset_steps, offset_tokens = records[-1]["step"], records[-1]["tokens"]
+    combined = work / "run_all"
+    combined.mkdir(exist_ok=True)
+    (combined / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    shutil.copy2(combined / "log.jsonl", ASSET / "training_log.jsonl")
+    subprocess.run([sys.executable, "-m", "kimi_k2.cli", "plot", str(combined), "--out", str(ASSET)], check=True)
 
 
 def main() -> None:
@@ -197,13 +218,14 @@ def main() -> None:
     parser.add_argument("--train-conversations", type=int, default=40000)
     parser.add_argument("--heldout-conversations", type=int, default=400)
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=650)
+    parser.add_argument("--steps", type=int, default=650, help="phase 1 steps (from random weights)")
+    parser.add_argument("--continue-steps", type=int, default=500, help="phase 2 steps (from phase 1's weights)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--tau", type=float, default=30.0, help="QK-Clip threshold")
     parser.add_argument("--seed", type=int, default=0)
-    stages = ["data", "tokenizer", "tokens", "train", "package", "evaluate"]
+    stages = ["data", "tokenizer", "tokens", "train", "train2", "package", "evaluate"]
     parser.add_argument("--from-stage", choices=stages, default="data", help="resume the recipe at this stage")
     parser.add_argument("--to-stage", choices=stages, default="evaluate", help="stop after this stage")
     args = parser.parse_args()
@@ -218,8 +240,11 @@ def main() -> None:
         stage_tokens(args.work)
     if "train" in todo:
         stage_train(args.work, args.steps, args.batch_size, args.seq_len, args.lr, args.tau)
+    if "train2" in todo and args.continue_steps:
+        stage_train(args.work, args.continue_steps, args.batch_size, args.seq_len, args.lr * 2 / 3, args.tau, phase=2)
     if "package" in todo:
-        stage_package(args.work, args.work / "run")
+        runs = [args.work / "run"] + ([args.work / "run2"] if args.continue_steps else [])
+        stage_package(args.work, runs)
     if "evaluate" in todo:
         subprocess.run(
             [sys.executable, str(HERE / "evaluate.py"), "--model", str(ASSET), "--data", str(args.work / "data" / "heldout.jsonl"),
