@@ -29,3 +29,21 @@ def test_weight_bytes_match_load_model(tmp_path, name, dtype, fmt):
     loaded = kimi_k2.load_model(tmp_path, dtype=dtype)
     planned = weight_bytes(cfg, fmt)
     assert abs(allocated_bytes(loaded) - planned) <= 0.02 * planned
+
+
+@pytest.mark.parametrize("dtype, dtype_bytes", [(torch.float32, 4), (torch.bfloat16, 2)])
+def test_kv_bytes_match_the_engine_pool(dtype, dtype_bytes):
+    """The tensor the engine really allocates for its KV pool holds exactly the planner's bytes per token."""
+    from kimi_k2 import LLM
+    from kimi_k2.planner.kv import kv_bytes, kv_bytes_per_token, kv_pool_blocks
+
+    cfg = preset("tiny")
+    budget = 3 * 2**20
+    llm = LLM(random_model(cfg, seed=0).to(dtype), kv_cache_memory=budget, block_size=16)
+    pool = llm.engine.pool
+    allocated = pool.kv.numel() * pool.kv.element_size()  # the real tensor, not the pool's own bookkeeping
+    tokens = pool.num_blocks * 16
+    assert pool.num_blocks == kv_pool_blocks(cfg, budget, 16, dtype_bytes)
+    assert abs(allocated - kv_bytes(cfg, tokens, 1, dtype_bytes)) <= 0.02 * allocated
+    assert llm.stats().kv_bytes_per_token == kv_bytes_per_token(cfg, dtype_bytes)
+    assert allocated <= budget
