@@ -205,7 +205,7 @@ def stage_package(work: Path, run_dirs: list[Path]) -> None:
             r["tokens"] += offset_tokens
             records.append(r)
         offset_steps, offset_tokens = records[-1]["step"], records[-1]["tokens"]
-    combined = work / "run_all"
+    combined = work / "nano-k2"  # the directory name is the charts' legend
     combined.mkdir(exist_ok=True)
     (combined / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     shutil.copy2(combined / "log.jsonl", ASSET / "training_log.jsonl")
