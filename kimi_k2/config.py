@@ -10,12 +10,13 @@ Everything here is pure Python: no torch, so the planner and the CLI's `info` im
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kimi_k2.jsonfile import read_json_object
 
 log = logging.getLogger("kimi_k2")
 
@@ -270,11 +271,7 @@ class ModelConfig:
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no config.json at {file}")
-        try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{file}: malformed JSON: {exc}") from None
-        return cls.from_hf(raw, source=str(file))
+        return cls.from_hf(read_json_object(file), source=str(file))
 
     def to_hf(self) -> dict[str, Any]:
         """The `config.json` dict in the official layout (what `save_pretrained` writes)."""

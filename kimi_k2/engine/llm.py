@@ -9,7 +9,6 @@ checkpoint: stop ids = config `eos_token_id` + `generation_config.json`'s `eos_t
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import sys
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ import torch
 
 from kimi_k2.engine.core import EngineCore, EngineStats, RequestOutput
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
+from kimi_k2.jsonfile import read_json_object
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
 log = logging.getLogger("kimi_k2")
@@ -30,16 +30,7 @@ Prompt = str | Seq[int]
 
 def read_generation_config(directory: str | Path) -> dict[str, Any]:
     """`generation_config.json` of a checkpoint directory, or {} when there is none."""
-    path = Path(directory) / "generation_config.json"
-    if not path.is_file():
-        return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-    return raw
+    return read_json_object(Path(directory) / "generation_config.json", missing_ok=True)
 
 
 def load_tokenizer(directory: str | Path) -> Any | None:

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kimi_k2.jsonfile import read_json_object
 from kimi_k2.tokenizer.special_tokens import BOS, EOS, PAD, UNK
 
 TIKTOKEN_MODEL_FILE = "tiktoken.model"
@@ -62,16 +63,7 @@ def write_tiktoken_model(path: Path, ranks: dict[bytes, int]) -> None:
 
 def read_tokenizer_config(path: Path) -> dict[str, Any]:
     """Load `tokenizer_config.json` as a dict; a missing file gives {} (the defaults), malformed JSON a ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_object(path, missing_ok=True)
 
 
 def special_tokens_from_config(config: dict[str, Any], source: str) -> dict[str, int]:
