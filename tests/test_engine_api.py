@@ -162,3 +162,30 @@ def test_sampling_follows_the_distribution():
     row = SampleRequest(SamplingParams(temperature=1.0), gen, [], [])
     counts = torch.bincount(torch.tensor([sample(logits.unsqueeze(0), [row])[0][0] for _ in range(3000)]), minlength=3)
     assert torch.allclose(counts / 3000, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+
+
+def test_ids_beyond_the_tokenizer_are_never_sampled_and_a_larger_tokenizer_is_refused():
+    import pytest
+    import torch
+
+    from kimi_k2 import LLM, SamplingParams
+    from kimi_k2.config import preset
+    from kimi_k2.model import random_model
+
+    class Vocab:  # what the engine reads of a tokenizer here
+        def __init__(self, n: int) -> None:
+            self.vocab_size, self.stop_token_ids = n, frozenset()
+
+    model = random_model(preset("tiny"), seed=3)
+    with torch.no_grad():
+        model.lm_head.weight[400:] += 5.0  # make the ids a small tokenizer cannot decode the likeliest
+    engine = LLM(model, num_kv_blocks=64).engine
+    engine.tokenizer, engine.sampleable_vocab = None, 400  # as if a 400-id tokenizer were attached
+    engine.add_request("r", [1, 2, 3], SamplingParams(temperature=1.0, max_tokens=16, seed=0))
+    tokens = []
+    while engine.has_unfinished():
+        for delta in engine.step():
+            tokens += delta.token_ids
+    assert tokens and max(tokens) < 400
+    with pytest.raises(ValueError, match="vocab_size is 512"):
+        LLM(random_model(preset("tiny")), tokenizer=Vocab(600), num_kv_blocks=8)

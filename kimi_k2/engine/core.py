@@ -109,6 +109,15 @@ class EngineCore:
         seed: int = 0,
     ) -> None:
         self.model, self.cfg, self.tokenizer = model, model.config, tokenizer
+        # Ids the tokenizer can turn into text. A model may have padded its vocabulary beyond the tokenizer's;
+        # those ids are never sampled. A tokenizer larger than the model is an error: its ids could not be fed.
+        self.sampleable_vocab = self.cfg.vocab_size
+        if tokenizer is not None:
+            if tokenizer.vocab_size > self.cfg.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {self.cfg.vocab_size}"
+                )
+            self.sampleable_vocab = tokenizer.vocab_size
         dtype = model.lm_head.weight.dtype
         device = model.lm_head.weight.device
         self.max_model_len = max_model_len or self.cfg.max_position_embeddings
@@ -199,6 +208,9 @@ class EngineCore:
         ]
         # Sampling runs on the CPU (rows × V floats), where the per-request generators live, whatever the device.
         logits = self.runner.execute(chunks).float().cpu()
+        if self.sampleable_vocab < logits.shape[-1]:
+            logits = logits.clone()  # an inference-mode tensor: write into a normal copy (rows × V, small)
+            logits[:, self.sampleable_vocab :] = float("-inf")
         sampled_idx = [i for i, c in enumerate(out.chunks) if c.samples]
         rows = []
         for i in sampled_idx:
