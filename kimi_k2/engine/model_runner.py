@@ -37,7 +37,7 @@ from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.model.attention import MASKED, MLA
-from kimi_k2.model.moe import MLP, MoE
+from kimi_k2.model.moe import MLP, MoE, dispatch_grouped
 from kimi_k2.model.rope import apply_rope
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
@@ -402,30 +402,21 @@ class ModelRunner:
     def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] → routed experts (stacked weights) + shared expert, [N, D]."""
         routing = moe.gate(x)
-        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         inter = w.w2.shape[1]
         if x.shape[0] <= 2:  # decode: each (token, expert) pair on its own, no sorting
+            out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
             for t, (experts, weights) in enumerate(zip(routing.experts.tolist(), routing.weights.tolist())):
                 xt = x[t : t + 1]
                 for e, weight in zip(experts, weights):
                     gu = xt @ w.w13[e]  # (1, 2I)
                     out[t : t + 1].add_((F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e], alpha=weight)
         else:
-            flat = routing.experts.flatten()
-            order = flat.argsort(stable=True)
-            counts = torch.bincount(flat, minlength=w.w13.shape[0]).tolist()
-            top_k = routing.experts.shape[1]
-            flat_weights = routing.weights.flatten()
-            start = 0
-            for e, count in enumerate(counts):
-                if count == 0:
-                    continue
-                assignment = order[start : start + count]
-                start += count
-                tokens = assignment // top_k
-                gu = x[tokens] @ w.w13[e]  # (n, 2I)
-                y = (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e]  # (n, D)
-                out.index_add_(0, tokens, y.float() * flat_weights[assignment].unsqueeze(-1))
+
+            def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:
+                gu = rows @ w.w13[e]  # (n, 2I)
+                return (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e]  # (n, D)
+
+            out = dispatch_grouped(x, routing, w.w13.shape[0], run_expert)
         out = out.to(x.dtype)
         if w.shared is not None:
             out = out + _swiglu(x, w.shared)

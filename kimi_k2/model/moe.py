@@ -13,6 +13,7 @@ Legend: T tokens (batch × sequence, flattened), D hidden, E routed experts, K e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,11 +103,14 @@ def experts_loop(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> t
     return out
 
 
-def experts_grouped(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-    """Fast path: sort the T*K assignments by expert and run each used expert once on its tokens."""
+def dispatch_grouped(
+    x: torch.Tensor, routing: Routing, num_experts: int, run_expert: Callable[[int, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Sort the T*K assignments by expert and call `run_expert(e, x_rows)` once per used expert; return the
+    routing-weighted sum [T, D] in float32. Shared by the module path here and the engine's stacked weights."""
     flat_experts = routing.experts.flatten()  # (T*K,)
     order = flat_experts.argsort(stable=True)
-    counts = torch.bincount(flat_experts, minlength=len(experts)).tolist()
+    counts = torch.bincount(flat_experts, minlength=num_experts).tolist()
     top_k = routing.experts.shape[1]
     flat_weights = routing.weights.flatten()
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -117,9 +121,14 @@ def experts_grouped(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -
         assignment = order[start : start + count]
         start += count
         tokens = assignment // top_k
-        y = experts[e](x[tokens]).float() * flat_weights[assignment].unsqueeze(-1)
+        y = run_expert(e, x[tokens]).float() * flat_weights[assignment].unsqueeze(-1)
         out.index_add_(0, tokens, y)
     return out
+
+
+def experts_grouped(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Fast path: sort the T*K assignments by expert and run each used expert once on its tokens."""
+    return dispatch_grouped(x, routing, len(experts), lambda e, rows: experts[e](rows))
 
 
 class MoE(nn.Module):

@@ -68,14 +68,7 @@ TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
 
 
 def stage_data(work: Path, n_train: int, n_heldout: int, seed: int) -> None:
-    import random
-
-    rng = random.Random(seed)
-    (work / "data").mkdir(parents=True, exist_ok=True)
-    for split, count, heldout in (("train", n_train, False), ("heldout", n_heldout, True)):
-        with open(work / "data" / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for _ in range(count):
-                f.write(json.dumps(make_data.conversation(rng, heldout), ensure_ascii=False) + "\n")
+    make_data.write_splits(work / "data", n_train, n_heldout, seed)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -174,7 +167,7 @@ def stage_train(
 
 
 def stage_package(work: Path, run_dirs: list[Path]) -> None:
-    from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE
+    from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE, Tokenizer
     from kimi_k2.train.trainer import latest_checkpoint
 
     checkpoint = latest_checkpoint(run_dirs[-1])
@@ -182,12 +175,9 @@ def stage_package(work: Path, run_dirs: list[Path]) -> None:
         shutil.rmtree(ASSET)
     ASSET.mkdir(parents=True)
     shutil.copy2(checkpoint / "model.safetensors", ASSET / "model.safetensors")
-    config = json.loads((checkpoint / "config.json").read_text())
-    config.update({"model_type": "kimi_k2", "bos_token_id": None, "eos_token_id": None})
-    from kimi_k2.tokenizer import Tokenizer
-
     tokenizer = Tokenizer.from_pretrained(work / "tokenizer")
-    config["bos_token_id"], config["eos_token_id"] = tokenizer.bos_id, tokenizer.eos_id
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update({"model_type": "kimi_k2", "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id})
     (ASSET / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in TOKENIZER_FILES:
         shutil.copy2(work / "tokenizer" / name, ASSET / name)

@@ -180,6 +180,16 @@ def conversation(rng: random.Random, heldout: bool) -> dict[str, Any]:
     return {"kind": "tool", "messages": messages, "tools": tools, "expect": task}
 
 
+def write_splits(out: Path, n_train: int, n_heldout: int, seed: int = 0) -> None:
+    """`train.jsonl` and `heldout.jsonl` in `out`, drawn from one seeded generator (train first)."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, count, heldout in (("train", n_train, False), ("heldout", n_heldout, True)):
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for _ in range(count):
+                f.write(json.dumps(conversation(rng, heldout), ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
@@ -187,12 +197,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=400, help="held-out tool conversations (unseen values)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for split, count, heldout in (("train", args.train, False), ("heldout", args.heldout, True)):
-        with open(args.out / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for _ in range(count):
-                f.write(json.dumps(conversation(rng, heldout), ensure_ascii=False) + "\n")
+    write_splits(args.out, args.train, args.heldout, args.seed)
     print(f"wrote {args.train} training and {args.heldout} held-out conversations to {args.out}")
 
 
