@@ -367,3 +367,40 @@ def test_long_runs_below_the_limit_are_split_in_linear_time():
     start = time.perf_counter()
     assert list(split_long_runs(text)) == [text]
     assert time.perf_counter() - start < 0.5  # a naive `\S{25001,}` search takes seconds here
+
+
+def test_copy_friendly_tokens_never_cross_letter_or_digit_boundaries(tmp_path):
+    import regex
+
+    from kimi_k2.tokenizer.bpe_trainer import copy_friendly_units, train_and_save
+    from kimi_k2.tokenizer.pretokenizer import pretokenize
+
+    texts = corpus_texts(repeats=5)
+    result = train_and_save(texts, 1024, tmp_path, copy_friendly=True)
+    assert result.merges == 1024 - 512
+    tok = Tokenizer.from_pretrained(tmp_path)
+    letter = regex.compile(r"\p{L}")
+    for token in result.ranks:
+        text = token.decode("utf-8", errors="ignore")
+        if letter.search(text):  # a token with a letter has only letters (and marks) in it
+            assert regex.fullmatch(r"[\p{L}\p{M}]+", text), token
+        assert len(regex.findall(r"\p{N}", text)) <= 1, token
+    # the same word is the same tokens after a space, a quote, a bracket or nothing; numbers are digit by digit
+    word = tok.encode("Thezal")
+    for prefix in (" ", '"', "(", "'"):
+        assert tok.encode(prefix + "Thezal") == tok.encode(prefix) + word
+    assert tok.encode("423") == tok.encode("4") + tok.encode("2") + tok.encode("3")
+    # tiktoken's encoding of a whole piece is the concatenation of its units' encodings, on the whole corpus
+    for text in texts[:3]:
+        for piece in pretokenize(text[:4000]):
+            assert tok.encode(piece) == [i for unit in copy_friendly_units(piece) for i in tok.encode(unit)], piece
+
+
+def test_copy_friendly_units_split():
+    from kimi_k2.tokenizer.bpe_trainer import copy_friendly_units
+
+    assert copy_friendly_units(" Paris") == [" ", "Paris"]
+    assert copy_friendly_units('"Paris') == ['"', "Paris"]
+    assert copy_friendly_units("2025") == ["2", "0", "2", "5"]
+    assert copy_friendly_units("You're") == ["You", "'", "re"]
+    assert copy_friendly_units(' "') == [' "']

@@ -7,11 +7,21 @@ once; run the merges over the distinct pieces only, keeping pair counts and the 
 to date incrementally after every merge, and pick the most frequent pair from a lazy max-heap (ties go to the
 smallest pair of ids, so training is deterministic). A merge's result is ranked by merge order, which is the
 priority tiktoken's rank-based BPE applies when encoding.
+
+`copy_friendly=True` trains merges that never join a letter to a non-letter and never join two digits: each
+pre-tokenizer piece is cut into letter runs, single digits and runs of other characters before counting. No
+learned token then spans such a boundary, so tiktoken's encoding of a whole piece is the concatenation of its
+runs' encodings, and a word or number is the same tokens wherever it stands (` Paris`, `"Paris`, `(Paris`;
+`423` is `4`,`2`,`3` everywhere). The format is unchanged (K2's regex, ranks, special slots); sequences get
+longer (one more token per word after a space), and a small model learns to copy names and numbers verbatim
+far more easily.
 """
 
 from __future__ import annotations
 
 import heapq
+
+import regex
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,12 +52,24 @@ class TrainingResult:
         return self.merges < self.requested_merges
 
 
-def count_pieces(texts: Iterable[str], pattern: str = K2_PATTERN) -> Counter[str]:
-    """How often each pre-tokenizer piece occurs in the corpus."""
-    regex = compile_pattern(pattern)
+# A letter run, a single digit, or a run of anything else: the units `copy_friendly` training merges within.
+_COPY_FRIENDLY_UNITS = regex.compile(r"\p{L}[\p{L}\p{M}]*|\p{N}|[^\p{L}\p{N}]+")
+
+
+def copy_friendly_units(piece: str) -> list[str]:
+    """A pre-tokenizer piece cut where merges may not cross: `' Paris'` -> `[' ', 'Paris']`, `'423'` -> digits."""
+    return _COPY_FRIENDLY_UNITS.findall(piece)
+
+
+def count_pieces(texts: Iterable[str], pattern: str = K2_PATTERN, *, copy_friendly: bool = False) -> Counter[str]:
+    """How often each pre-tokenizer piece (or, with `copy_friendly`, each unit of a piece) occurs in the corpus."""
+    compiled = compile_pattern(pattern)
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(regex.findall(text))
+        pieces = compiled.findall(text)
+        if copy_friendly:
+            pieces = [unit for piece in pieces for unit in copy_friendly_units(piece)]
+        counts.update(pieces)
     return counts
 
 
@@ -150,6 +172,7 @@ def train_tokenizer_ranks(
     *,
     min_frequency: int = 2,
     pattern: str = K2_PATTERN,
+    copy_friendly: bool = False,
     progress: bool = False,
 ) -> TrainingResult:
     """Train ranks for a tokenizer of `vocab_size` ids in all (BPE ranks + the 256 special slots)."""
@@ -157,7 +180,7 @@ def train_tokenizer_ranks(
         raise ValueError(
             f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 byte tokens + 256 special slots), got {vocab_size}"
         )
-    counts = count_pieces(texts, pattern)
+    counts = count_pieces(texts, pattern, copy_friendly=copy_friendly)
     return train_bpe(counts, vocab_size - MIN_VOCAB_SIZE, min_frequency=min_frequency, progress=progress)
 
 
@@ -182,12 +205,15 @@ def train_and_save(
     min_frequency: int = 2,
     chat_template: str | None = None,
     model_max_length: int | None = None,
+    copy_friendly: bool = False,
     progress: bool = False,
 ) -> TrainingResult:
     """Train and write `tiktoken.model` + `tokenizer_config.json` into `out_dir`."""
     from kimi_k2.tokenizer.tokenizer import Tokenizer  # local: tokenizer imports this package's other modules
 
-    result = train_tokenizer_ranks(texts, vocab_size, min_frequency=min_frequency, progress=progress)
+    result = train_tokenizer_ranks(
+        texts, vocab_size, min_frequency=min_frequency, copy_friendly=copy_friendly, progress=progress
+    )
     kwargs = {"model_max_length": model_max_length} if model_max_length is not None else {}
     Tokenizer(result.ranks, chat_template=chat_template, **kwargs).save_pretrained(out_dir)
     return result

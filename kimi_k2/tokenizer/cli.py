@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--min-frequency", type=int, default=2, help="stop when the best pair occurs less often")
     train.add_argument("--chat-template", help="a .jinja file to store as the tokenizer's chat_template")
+    train.add_argument(
+        "--copy-friendly",
+        action="store_true",
+        help="no merge joins a letter to another character or two digits: a word or number is the same tokens "
+        "after a space, a quote or nothing (longer sequences; small models copy values verbatim more easily)",
+    )
     train.add_argument("--model-max-length", type=int, help="model_max_length written to tokenizer_config.json")
     train.set_defaults(func=_train)
 
@@ -55,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         min_frequency=args.min_frequency,
         chat_template=template,
         model_max_length=args.model_max_length,
+        copy_friendly=args.copy_friendly,
         progress=sys.stderr.isatty(),
     )
     total = len(result.ranks) + 256

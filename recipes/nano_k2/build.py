@@ -83,7 +83,9 @@ def stage_tokenizer(work: Path, vocab_size: int) -> None:
     for conv in read_jsonl(work / "data" / "train.jsonl"):
         rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, conv["messages"], tools=conv["tools"] or None)
         texts.append(rendered)
-    result = train_and_save(texts, vocab_size, work / "tokenizer", chat_template=DEFAULT_CHAT_TEMPLATE, model_max_length=4096)
+    result = train_and_save(
+        texts, vocab_size, work / "tokenizer", chat_template=DEFAULT_CHAT_TEMPLATE, model_max_length=4096, copy_friendly=True
+    )
     print(f"tokenizer: {result.merges} merges, vocabulary {vocab_size}")
 
 
@@ -205,10 +207,10 @@ def stage_package(work: Path, run_dirs: list[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild the nano K2 demo model.")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
-    parser.add_argument("--train-conversations", type=int, default=40000)
+    parser.add_argument("--train-conversations", type=int, default=25000)
     parser.add_argument("--heldout-conversations", type=int, default=400)
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=650, help="phase 1 steps (from random weights)")
+    parser.add_argument("--steps", type=int, default=400, help="phase 1 steps (from random weights)")
     parser.add_argument("--continue-steps", type=int, default=500, help="phase 2 steps (from phase 1's weights)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)

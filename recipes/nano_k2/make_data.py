@@ -3,7 +3,8 @@
 Each tool conversation: the four demo tools are declared (in a random order), a user asks something only a tool
 can answer (weather, arithmetic, unit conversion, local time), the assistant emits a K2 tool call with the right
 arguments (`functions.{name}:0`), the tool returns a JSON result, and the assistant answers from that result.
-Some are two-turn (a second question, a second call with index 1). Plain conversations (greetings, identity,
+Most continue with up to three follow-up questions, each with its own call (indices 1, 2, 3: K2 numbers calls
+across the conversation), so the long tool declaration of the system prompt is paid for once per several targets. Plain conversations (greetings, identity,
 small talk) are mixed in so the model also answers without tools.
 
 Values are invented (place names from a syllable generator, random numbers), and the held-out split uses names
@@ -127,6 +128,14 @@ def local_time(rng: random.Random, heldout: bool) -> dict[str, Any]:
 
 
 TASKS = [weather, arithmetic, conversion, local_time]
+# Copying a name out of a sentence is what a small model learns last, so the two city tools come up more often.
+TASK_WEIGHTS = [3, 2, 2, 3]
+# How many more questions (each with its own call, `functions.NAME:1`, `:2`, ...) follow the first one.
+FOLLOW_UPS = [0, 1, 1, 2, 2, 3]
+
+
+def pick_task(rng: random.Random):
+    return rng.choices(TASKS, weights=TASK_WEIGHTS)[0]
 
 PLAIN = [
     ("Hello!", "Hello! How can I help you today?"),
@@ -173,10 +182,11 @@ def conversation(rng: random.Random, heldout: bool) -> dict[str, Any]:
             q, a = rng.choice(PLAIN)
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return {"kind": "plain", "messages": messages, "tools": tools if rng.random() < 0.5 else []}
-    task = rng.choice(TASKS)(rng, heldout)
+    task = pick_task(rng)(rng, heldout)
     messages += tool_turn(task, 0)
-    if not heldout and rng.random() < 0.2:
-        messages += tool_turn(rng.choice(TASKS)(rng, heldout), 1)
+    if not heldout:  # follow-up questions: the tools' long declaration is paid for once per conversation
+        for call_index in range(1, 1 + rng.choice(FOLLOW_UPS)):
+            messages += tool_turn(pick_task(rng)(rng, heldout), call_index)
     return {"kind": "tool", "messages": messages, "tools": tools, "expect": task}
 
 
