@@ -20,13 +20,12 @@ far more easily.
 from __future__ import annotations
 
 import heapq
-
-import regex
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import regex
 from tqdm import tqdm
 
 from kimi_k2.tokenizer.pretokenizer import K2_PATTERN, compile_pattern

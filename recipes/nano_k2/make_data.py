@@ -4,8 +4,8 @@ Each tool conversation: the four demo tools are declared (in a random order), a 
 can answer (weather, arithmetic, unit conversion, local time), the assistant emits a K2 tool call with the right
 arguments (`functions.{name}:0`), the tool returns a JSON result, and the assistant answers from that result.
 Most continue with up to three follow-up questions, each with its own call (indices 1, 2, 3: K2 numbers calls
-across the conversation), so the long tool declaration of the system prompt is paid for once per several targets. Plain conversations (greetings, identity,
-small talk) are mixed in so the model also answers without tools.
+across the conversation), so the long tool declaration of the system prompt is paid for once per several targets.
+Plain conversations (greetings, identity, small talk) are mixed in so the model also answers without tools.
 
 Values are invented (place names from a syllable generator, random numbers), and the held-out split uses names
 and numbers that never occur in training, so held-out accuracy measures copying arguments and results, not
