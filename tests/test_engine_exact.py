@@ -169,6 +169,8 @@ def test_fast_runner_keeps_the_checkpoint_modules_working():
     assert torch.allclose(model(ids), logits_before, rtol=1e-5, atol=1e-5)  # same values, other BLAS layout
     experts = model.model.layers[1].mlp.experts
     assert experts[3].up_proj.weight.untyped_storage().data_ptr() == experts[0].gate_proj.weight.untyped_storage().data_ptr()
+    # the prepared tensors keep the checkpoint's [out, in] layout: every module weight is a contiguous view
+    assert all(v.is_contiguous() for v in after.values())
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(model):

@@ -7,13 +7,14 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   into a padded tensor per layer.
 * fast (default) — the engine's own layer loop over the model's modules on the *packed* tokens `[N, D]` (no
   padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once:
-  stored input-major (`[in, out]`, `x @ W` — faster than `F.linear`'s `[out, in]` for the one-row products a
-  decode step is made of), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul, `gate_proj`/`up_proj`
-  of every MLP fused, routed experts stacked in `[E, D, 2I]` / `[E, I, D]` tensors, and the absorbed-attention
-  splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. The checkpoint-named modules keep working: their weights
-  become (transposed) views into the prepared tensors, so nothing is stored twice; a consequence is that those
-  module weights are no longer contiguous (call `.contiguous()` before serialising them). Only sampled rows reach the final norm and
-  `lm_head`; a prefill chunk that does not end its prompt computes no logits at all.
+  kept output-major as the checkpoint stores them (`[out, in]`, `F.linear`: for the 2–16-row products of
+  batched decode the BLAS runs this layout 1.4–2.5× faster than `x @ W[in, out]`, and for one row about as
+  fast; docs/engine.md has the measurements), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul,
+  `gate_proj`/`up_proj` of every MLP fused, routed experts stacked in `[E, 2I, D]` / `[E, D, I]` tensors, and
+  the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. The checkpoint-named modules keep
+  working: their weights become contiguous row-block views into the prepared tensors, so nothing is stored
+  twice. Only sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its prompt
+  computes no logits at all.
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
@@ -61,40 +62,37 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
 
-def _fuse_input_major(linears: Sequence[nn.Linear]) -> torch.Tensor:
-    """Store the weights of linears that share their input as one input-major tensor [in, sum(out)] and make
-    each module's weight a (transposed) view into it: memory-neutral, and `F.linear` still works on the views.
-
-    Input-major because on this CPU's BLAS `x @ Wt` with `Wt [in, out]` contiguous is ~1.3× faster than
-    `F.linear(x, W)` for one row (a batch-1 decode step is almost only such products); see docs/engine.md."""
-    fused = torch.cat([m.weight.detach().t() for m in linears], dim=1).contiguous()
+def _fuse_rows(linears: Sequence[nn.Linear]) -> torch.Tensor:
+    """Store the weights of linears that share their input as one tensor [sum(out), in] (checkpoint layout,
+    for `F.linear`) and make each module's weight a contiguous row-block view into it: memory-neutral."""
+    fused = torch.cat([m.weight.detach() for m in linears], dim=0) if len(linears) > 1 else linears[0].weight.detach()
     offset = 0
     for m in linears:
         rows = m.weight.shape[0]
-        m.weight.data = fused[:, offset : offset + rows].t()
+        m.weight.data = fused[offset : offset + rows]
         offset += rows
     return fused
 
 
 @dataclass(slots=True)
 class MLPWeights:
-    w13: torch.Tensor  # (D, 2I): gate columns then up columns
-    w2: torch.Tensor  # (I, D)
+    w13: torch.Tensor  # (2I, D): gate rows then up rows
+    w2: torch.Tensor  # (D, I)
 
 
 @dataclass(slots=True)
 class MoEWeights:
-    w13: torch.Tensor  # (E, D, 2I)
-    w2: torch.Tensor  # (E, I, D)
+    w13: torch.Tensor  # (E, 2I, D)
+    w2: torch.Tensor  # (E, D, I)
     shared: MLPWeights | None
 
 
 @dataclass(slots=True)
 class AttentionWeights:
-    w_a: torch.Tensor  # (D, q_lora + W), or (D, H*(Q+R) + W) without q LoRA: the fused input projections
-    q_split: int  # columns of w_a that are the query part
-    w_qb: torch.Tensor | None  # (q_lora, H*(Q+R)), None without q LoRA
-    w_o: torch.Tensor  # (H*V, D)
+    w_a: torch.Tensor  # (q_lora + W, D), or (H*(Q+R) + W, D) without q LoRA: the fused input projections
+    q_split: int  # rows of w_a that are the query part
+    w_qb: torch.Tensor | None  # (H*(Q+R), q_lora), None without q LoRA
+    w_o: torch.Tensor  # (D, H*V)
     w_uk: torch.Tensor  # (H, Q, C)
     w_uv_t: torch.Tensor  # (H, C, V)
 
@@ -106,35 +104,35 @@ class LayerWeights:
 
 
 def _prepare_mlp(mlp: MLP) -> MLPWeights:
-    return MLPWeights(w13=_fuse_input_major([mlp.gate_proj, mlp.up_proj]), w2=_fuse_input_major([mlp.down_proj]))
+    return MLPWeights(w13=_fuse_rows([mlp.gate_proj, mlp.up_proj]), w2=_fuse_rows([mlp.down_proj]))
 
 
 def _prepare_moe(moe: MoE) -> MoEWeights:
     experts = list(moe.experts)
     inter, hidden = experts[0].gate_proj.weight.shape
     ref = experts[0].gate_proj.weight
-    w13 = torch.empty(len(experts), hidden, 2 * inter, dtype=ref.dtype, device=ref.device)
-    w2 = torch.empty(len(experts), inter, hidden, dtype=ref.dtype, device=ref.device)
+    w13 = torch.empty(len(experts), 2 * inter, hidden, dtype=ref.dtype, device=ref.device)
+    w2 = torch.empty(len(experts), hidden, inter, dtype=ref.dtype, device=ref.device)
     for e, expert in enumerate(experts):
-        w13[e, :, :inter] = expert.gate_proj.weight.detach().t()
-        w13[e, :, inter:] = expert.up_proj.weight.detach().t()
-        w2[e] = expert.down_proj.weight.detach().t()
-        expert.gate_proj.weight.data = w13[e, :, :inter].t()
-        expert.up_proj.weight.data = w13[e, :, inter:].t()
-        expert.down_proj.weight.data = w2[e].t()
+        w13[e, :inter] = expert.gate_proj.weight.detach()
+        w13[e, inter:] = expert.up_proj.weight.detach()
+        w2[e] = expert.down_proj.weight.detach()
+        expert.gate_proj.weight.data = w13[e, :inter]
+        expert.up_proj.weight.data = w13[e, inter:]
+        expert.down_proj.weight.data = w2[e]
     shared = _prepare_mlp(moe.shared_experts) if moe.shared_experts is not None else None
     return MoEWeights(w13=w13, w2=w2, shared=shared)
 
 
 def _prepare_attention(attn: MLA) -> AttentionWeights:
     query = attn.q_proj if hasattr(attn, "q_proj") else attn.q_a_proj
-    w_a = _fuse_input_major([query, attn.kv_a_proj_with_mqa])
+    w_a = _fuse_rows([query, attn.kv_a_proj_with_mqa])
     w = attn.kv_b_proj.weight.detach().unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
     return AttentionWeights(
         w_a=w_a,
         q_split=query.weight.shape[0],
-        w_qb=_fuse_input_major([attn.q_b_proj]) if hasattr(attn, "q_b_proj") else None,
-        w_o=_fuse_input_major([attn.o_proj]),
+        w_qb=_fuse_rows([attn.q_b_proj]) if hasattr(attn, "q_b_proj") else None,
+        w_o=_fuse_rows([attn.o_proj]),
         w_uk=w[:, : attn.nope_dim].contiguous(),
         w_uv_t=w[:, attn.nope_dim :].transpose(1, 2).contiguous(),
     )
@@ -246,7 +244,7 @@ class ModelRunner:
                 raise ValueError(f"the fast runner cannot run this model ({why}); use mode='reference'")
             with torch.no_grad():
                 tied = model.lm_head.weight is model.model.embed_tokens.weight
-                self.lm_head = None if tied else _fuse_input_major([model.lm_head])  # (D, V)
+                self.lm_head = None if tied else _fuse_rows([model.lm_head])  # (V, D)
                 for layer in model.model.layers:
                     mlp = layer.mlp
                     self.layers.append(
@@ -292,14 +290,14 @@ class ModelRunner:
         cos, sin = model.rope(positions)  # (N, R/2)
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             x = layer.input_layernorm(h)
-            h = h + self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta) @ weights.attention.w_o
+            h = h + F.linear(self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta), weights.attention.w_o)
             x = layer.post_attention_layernorm(h)
             mlp = weights.mlp
             h = h + (self._moe(layer.mlp, mlp, x) if isinstance(mlp, MoEWeights) else _swiglu(x, mlp))
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = model.model.norm(h[meta.logit_rows.to(device)])
-        return (last @ self.lm_head if self.lm_head is not None else model.lm_head(last)).float()
+        return (F.linear(last, self.lm_head) if self.lm_head is not None else model.lm_head(last)).float()
 
     def _attention(
         self,
@@ -314,10 +312,10 @@ class ModelRunner:
         """x [N, D] → attention output [N, H*V] (before o_proj); writes the step's latents into the pool."""
         n_tok = x.shape[0]
         heads, q_dim, r_dim, c_dim = attn.n_heads, attn.nope_dim, attn.rope_dim, attn.kv_lora_rank
-        a = x @ w.w_a  # (N, q_split + W)
+        a = F.linear(x, w.w_a)  # (N, q_split + W)
         q = a[:, : w.q_split]
         if w.w_qb is not None:
-            q = attn.q_a_layernorm(q) @ w.w_qb
+            q = F.linear(attn.q_a_layernorm(q), w.w_qb)
         q = q.view(n_tok, heads, q_dim + r_dim)
         q_nope, q_pe = q[..., :q_dim], apply_rope(q[..., q_dim:], cos.unsqueeze(1), sin.unsqueeze(1))  # (N,H,Q),(N,H,R)
         c_kv = attn.kv_a_layernorm(a[:, w.q_split : w.q_split + c_dim])
@@ -402,19 +400,19 @@ class ModelRunner:
     def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] → routed experts (stacked weights) + shared expert, [N, D]."""
         routing = moe.gate(x)
-        inter = w.w2.shape[1]
+        inter = w.w2.shape[2]
         if x.shape[0] <= 2:  # decode: each (token, expert) pair on its own, no sorting
             out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
             for t, (experts, weights) in enumerate(zip(routing.experts.tolist(), routing.weights.tolist())):
                 xt = x[t : t + 1]
                 for e, weight in zip(experts, weights):
-                    gu = xt @ w.w13[e]  # (1, 2I)
-                    out[t : t + 1].add_((F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e], alpha=weight)
+                    gu = F.linear(xt, w.w13[e])  # (1, 2I)
+                    out[t : t + 1].add_(F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2[e]), alpha=weight)
         else:
 
             def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:
-                gu = rows @ w.w13[e]  # (n, 2I)
-                return (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2[e]  # (n, D)
+                gu = F.linear(rows, w.w13[e])  # (n, 2I)
+                return F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2[e])  # (n, D)
 
             out = dispatch_grouped(x, routing, w.w13.shape[0], run_expert)
         out = out.to(x.dtype)
@@ -424,6 +422,6 @@ class ModelRunner:
 
 
 def _swiglu(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
-    inter = w.w2.shape[0]
-    gu = x @ w.w13  # (N, 2I)
-    return (F.silu(gu[:, :inter]) * gu[:, inter:]) @ w.w2
+    inter = w.w2.shape[1]
+    gu = F.linear(x, w.w13)  # (N, 2I)
+    return F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2)

@@ -109,20 +109,18 @@ def dispatch_grouped(
     """Sort the T*K assignments by expert and call `run_expert(e, x_rows)` once per used expert; return the
     routing-weighted sum [T, D] in float32. Shared by the module path here and the engine's stacked weights."""
     flat_experts = routing.experts.flatten()  # (T*K,)
-    order = flat_experts.argsort(stable=True)
+    order = flat_experts.argsort(stable=True)  # assignments sorted by expert, token order kept within one
     counts = torch.bincount(flat_experts, minlength=num_experts).tolist()
-    top_k = routing.experts.shape[1]
-    flat_weights = routing.weights.flatten()
+    sorted_tokens = order // routing.experts.shape[1]  # (T*K,) the token of each sorted assignment
+    sorted_weights = routing.weights.flatten()[order].unsqueeze(-1)  # (T*K, 1)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     start = 0
     for e, count in enumerate(counts):
         if count == 0:
             continue
-        assignment = order[start : start + count]
-        start += count
-        tokens = assignment // top_k
-        y = run_expert(e, x[tokens]).float() * flat_weights[assignment].unsqueeze(-1)
-        out.index_add_(0, tokens, y)
+        tokens, end = sorted_tokens[start : start + count], start + count
+        out.index_add_(0, tokens, run_expert(e, x[tokens]).float() * sorted_weights[start:end])
+        start = end
     return out
 
 
