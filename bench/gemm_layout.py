@@ -5,7 +5,7 @@ lm_head) and 1, 2, 4 and 16 rows (batch-1 decode and batched decode), it multipl
 a rotation of distinct matrices larger than the last-level cache, as in a real step where every weight is
 read once — and prints the weight bytes read per second for each layout.
 
-Usage:  python bench/gemm_layout.py [--threads N] [--cache-mb 256]
+Usage:  python bench/gemm_layout.py [--threads N] [--cache-mb 160]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SHAPES = [
 ROWS = (1, 2, 4, 16)
 
 
-def weight_gb_per_s(k: int, n: int, rows: int, out_major: bool, cache_bytes: int, repeats: int = 3) -> float:
+def weight_gb_per_s(k: int, n: int, rows: int, out_major: bool, cache_bytes: int, repeats: int = 2) -> float:
     count = max(2, cache_bytes // (k * n * 4) + 1)
     weights = [torch.randn(n, k) if out_major else torch.randn(k, n) for _ in range(count)]
     x = torch.randn(rows, k)
@@ -55,7 +55,9 @@ def weight_gb_per_s(k: int, n: int, rows: int, out_major: bool, cache_bytes: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--cache-mb", type=int, default=256, help="bytes of distinct weights per pass (> the L3)")
+    parser.add_argument(
+        "--cache-mb", type=int, default=160, help="MiB of distinct weights per pass (more than the last-level cache)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -290,7 +290,8 @@ class ModelRunner:
         cos, sin = model.rope(positions)  # (N, R/2)
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             x = layer.input_layernorm(h)
-            h = h + F.linear(self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta), weights.attention.w_o)
+            attended = self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta)  # (N, H*V)
+            h = h + F.linear(attended, weights.attention.w_o)
             x = layer.post_attention_layernorm(h)
             mlp = weights.mlp
             h = h + (self._moe(layer.mlp, mlp, x) if isinstance(mlp, MoEWeights) else _swiglu(x, mlp))

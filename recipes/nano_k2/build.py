@@ -4,7 +4,8 @@
 
 Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `kimi_k2/assets/nano-k2/`):
 1. data       synthetic tool-use and plain conversations (`make_data.py`), with a held-out split of unseen values
-2. tokenizer  our BPE trainer on the rendered conversations, K2 format with the official special tokens
+2. tokenizer  our BPE trainer on the rendered conversations (less the invented names), K2 format with the official
+              special tokens
 3. tokens     every conversation rendered with the official chat template (our built-in default, byte-identical
               to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets
 4. train      the project's trainer with MuonClip on a model of K2's exact topology (MLA with q LoRA, YaRN,
@@ -79,9 +80,15 @@ def stage_tokenizer(work: Path, vocab_size: int) -> None:
     from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE, render_chat_template
     from kimi_k2.tokenizer.bpe_trainer import train_and_save
 
+    # The invented place names are left out of the tokenizer's corpus, as a real tokenizer never saw an unseen
+    # name: a name is then spelled with the pieces the rest of the text uses (single letters and common pairs,
+    # each seen thousands of times), not with merges fitted to the names (`'Pato'`, `'ege'`: a few dozen
+    # occurrences), which a model this small does not learn to copy.
     texts = []
     for conv in read_jsonl(work / "data" / "train.jsonl"):
         rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, conv["messages"], tools=conv["tools"] or None)
+        for name in make_data.invented_names(conv):
+            rendered = rendered.replace(name, "")
         texts.append(rendered)
     result = train_and_save(
         texts, vocab_size, work / "tokenizer", chat_template=DEFAULT_CHAT_TEMPLATE, model_max_length=4096, copy_friendly=True
@@ -131,11 +138,10 @@ def stage_tokens(work: Path) -> None:
 def stage_train(
     work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float, *, phase: int = 1
 ) -> Path:
-    from kimi_k2.train.trainer import TrainConfig, Trainer
-
-    """Phase 1 trains from random weights; phase 2 continues from phase 1's final checkpoint (same data, a
-    fresh WSD schedule), which is where copying names and numbers into tool arguments is learned."""
-    from kimi_k2.train.trainer import latest_checkpoint
+    """Phase 1 trains from random weights; each later phase continues from the previous one's final checkpoint
+    (same data in another order, a fresh WSD schedule). Copying values from the question into the tool
+    arguments is learned in the later phases: numbers first, the first letter of a place name last."""
+    from kimi_k2.train.trainer import TrainConfig, Trainer, latest_checkpoint
 
     run_dir = work / ("run" if phase == 1 else f"run{phase}")
     if run_dir.exists():
@@ -211,7 +217,10 @@ def main() -> None:
     parser.add_argument("--heldout-conversations", type=int, default=400)
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=400, help="phase 1 steps (from random weights)")
-    parser.add_argument("--continue-steps", type=int, default=500, help="phase 2 steps (from phase 1's weights)")
+    parser.add_argument(
+        "--continue-steps", type=int, nargs="*", default=[500, 500],
+        help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -232,10 +241,11 @@ def main() -> None:
         stage_tokens(args.work)
     if "train" in todo:
         stage_train(args.work, args.steps, args.batch_size, args.seq_len, args.lr, args.tau)
-    if "train2" in todo and args.continue_steps:
-        stage_train(args.work, args.continue_steps, args.batch_size, args.seq_len, args.lr * 2 / 3, args.tau, phase=2)
+    if "train2" in todo:
+        for phase, steps in enumerate(args.continue_steps, start=2):
+            stage_train(args.work, steps, args.batch_size, args.seq_len, args.lr * 2 / 3, args.tau, phase=phase)
     if "package" in todo:
-        runs = [args.work / "run"] + ([args.work / "run2"] if args.continue_steps else [])
+        runs = [args.work / "run"] + [args.work / f"run{phase}" for phase in range(2, 2 + len(args.continue_steps))]
         stage_package(args.work, runs)
     if "evaluate" in todo:
         subprocess.run(

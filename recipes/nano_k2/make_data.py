@@ -25,16 +25,26 @@ from typing import Any
 from kimi_k2.demo_tools import CONDITIONS, CONVERSIONS, TOOLS, convert, fmt_number
 
 SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
-ONSETS = ["b", "br", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "st", "t", "v", "z", "qu", "th"]
-VOWELS = ["a", "e", "i", "o", "u", "ia", "ou", "ei"]
-CODAS = ["", "", "n", "r", "s", "l", "m", "x", "nd"]
+# Place names are 2–3 consonant-vowel syllables ("Todigi", "Fori"): 70 syllables, about 348,000 names.
+CONSONANTS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
+VOWELS = ["a", "e", "i", "o", "u"]
 CONVERSION_PAIRS = list(CONVERSIONS)
 
 
 def place_name(rng: random.Random) -> str:
     syllables = rng.randint(2, 3)
-    name = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables))
-    return name.capitalize()
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables)).capitalize()
+
+
+def invented_names(conv: dict[str, Any]) -> list[str]:
+    """The place names a conversation's tool calls pass (the values the model must copy out of the question)."""
+    names = []
+    for message in conv["messages"]:
+        for call in message.get("tool_calls") or []:
+            city = json.loads(call["function"]["arguments"]).get("city")
+            if city:
+                names.append(city)
+    return names
 
 
 def is_heldout_name(name: str) -> bool:
