@@ -27,4 +27,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 nano: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) recipes/nano_k2/build.py
+	$(PY) recipes/nano_k2/build.py

@@ -20,8 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-# The nano model's strongest tools (held-out call accuracy in docs/nano_k2.md); ask others with --question.
-DEFAULT_QUESTIONS = ["What is 128 * 37?", "Convert 42 km to miles."]
+# One question per kind of tool call the demo shows (a city the nano model never saw in training, a computed
+# result); ask anything else with --question.
+DEFAULT_QUESTIONS = ["What's the weather in Genova?", "What is 128 * 37?"]
 
 
 def free_port() -> int:

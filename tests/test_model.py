@@ -56,6 +56,29 @@ def test_absorbed_matches_naive(tiny):
     assert close(naive, absorbed)
 
 
+def test_fused_matches_naive_in_outputs_gradients_and_max_logits():
+    """Training's fast attention path (fused SDPA) against the reference, on a ragged padded batch."""
+    ids = torch.randint(0, preset("tiny").vocab_size, (2, 29))
+    attention_mask = torch.ones(2, 29, dtype=torch.long)
+    attention_mask[0, :4] = 0  # left padding: queries 0-3 of row 0 see no real key (fully masked rows)
+    attention_mask[1, 21:] = 0  # right padding
+    runs = {}
+    for path in ("naive", "fused"):
+        model = random_model(preset("tiny"), seed=3).train().set_paths(attention=path)
+        stats = ForwardStats()
+        logits = model(ids, attention_mask=attention_mask, stats=stats)
+        (logits.float() * attention_mask.unsqueeze(-1)).square().mean().backward()
+        runs[path] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, stats
+    (naive, naive_grads, naive_stats), (fused, fused_grads, fused_stats) = runs["naive"], runs["fused"]
+    assert close(naive, fused)
+    assert naive_grads.keys() == fused_grads.keys() and len(naive_grads) > 10
+    for name, grad in naive_grads.items():
+        assert close(grad, fused_grads[name]), name
+    assert len(fused_stats.max_logits) == preset("tiny").num_hidden_layers
+    for a, b in zip(naive_stats.max_logits, fused_stats.max_logits):
+        assert close(a, b)
+
+
 def test_grouped_experts_match_loop(tiny):
     moe = tiny.model.layers[1].mlp
     x = torch.randn(37, tiny.config.hidden_size)

@@ -85,7 +85,7 @@ def test_text_run_logs_and_saves_a_loadable_hf_checkpoint(tmp_path, corpus):
 
     tok = Tokenizer.from_pretrained(ckpt)  # self-contained: the tokenizer loads from the checkpoint
     assert config["vocab_size"] == tok.vocab_size and config["eos_token_id"] == tok.eos_id
-    loaded = load_model(ckpt)
+    loaded = load_model(ckpt, attention=trainer.model.attention_path)  # the same path: bit-exact weights
     ids = torch.tensor([tok.encode("def add(a, b):")])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), trainer.model(ids), rtol=0, atol=0)
@@ -153,6 +153,8 @@ def test_errors_name_the_problem(tmp_path, arrays, corpus):
         Trainer(_array_config(tmp_path / "r2", (corpus[0], corpus[0]), eval_data=None, text_glob="*.txt"))
     with pytest.raises(ValueError, match="optimizer='sgd'"):
         Trainer(_array_config(tmp_path / "r3", arrays, optimizer="sgd"))
+    with pytest.raises(ValueError, match="attention='absorbed': choose one of fused, naive"):
+        Trainer(_array_config(tmp_path / "r3", arrays, attention="absorbed"))  # it records no max logits
     with pytest.raises(FileNotFoundError, match="data path not found"):
         Trainer(_array_config(tmp_path / "r4", (tmp_path / "missing.npy", arrays[1])))
 

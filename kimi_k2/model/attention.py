@@ -4,11 +4,15 @@ Source: SPEC §2 and the DeepSeek-V3 paper. One set of weights, two ways to atte
 
 * naive    — expand the latent to per-head keys and values with `kv_b_proj`, then ordinary attention.
              Used for training (QK-Clip records the max logit per head here) and as the reference.
+* fused    — the naive expansion, then PyTorch's fused `scaled_dot_product_attention` (no [B, H, S, T]
+             probabilities kept for the backward): training's fast path. QK-Clip's max logits come from a
+             separate no-grad pass over the scores.
 * absorbed — fold `kv_b_proj`'s key part into the query and its value part into the output, so attention
              runs directly over the cached latent `c_kv` and the shared roped key `k_pe`
              (kv_lora_rank + qk_rope_head_dim = 576 values per token per layer for K2).
 
-Both give the same scores up to float rounding; `tests/test_model.py` checks that they agree.
+All three give the same outputs up to float rounding; `tests/test_model.py` checks that they agree (and, for
+`fused`, that gradients and max logits agree with `naive`'s).
 
 Legend: B batch, S query length, T key length, H heads, D hidden, C kv_lora_rank, R rope dim,
 N qk_nope_head_dim, V v_head_dim.
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kimi_k2.config import ModelConfig
@@ -32,6 +37,8 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
     dequantize = getattr(module, "dequantize_weight", None)
     return dequantize() if dequantize is not None else module.weight
 
+
+ATTENTION_PATHS = ("naive", "fused", "absorbed")
 
 # A finite "minus infinity": a fully masked row (a padding query) softmaxes to uniform weights instead of NaN.
 MASKED = torch.finfo(torch.float32).min
@@ -90,6 +97,12 @@ class MLA(nn.Module):
         return self.kv_a_layernorm(c_kv), apply_rope(k_pe, cos, sin)
 
     # ------------------------------------------------------------------ attention
+    def expand_latent(self, c_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """c_kv [B, T, C] → per-head k_nope [B, T, H, N] and v [B, T, H, V] (`kv_b_proj`)."""
+        kv = self.kv_b_proj(c_kv).unflatten(-1, (self.n_heads, self.nope_dim + self.v_dim))  # (B, T, H, N+V)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        return k_nope, v
+
     def attend_naive(
         self,
         q_nope: torch.Tensor,
@@ -105,8 +118,7 @@ class MLA(nn.Module):
         scale, masked positions excluded) is appended as a float32 `[H]` tensor: QK-Clip's statistic, taken from
         the scores this forward computes anyway.
         """
-        kv = self.kv_b_proj(c_kv).unflatten(-1, (self.n_heads, self.nope_dim + self.v_dim))  # (B, T, H, N+V)
-        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        k_nope, v = self.expand_latent(c_kv)  # (B, T, H, N), (B, T, H, V)
         scores = torch.einsum("bshn,bthn->bhst", q_nope, k_nope) + torch.einsum("bshr,btr->bhst", q_pe, k_pe)
         scores = scores.float() * self.softmax_scale  # (B, H, S, T)
         scores = scores.masked_fill(~mask.unsqueeze(1), MASKED)
@@ -115,6 +127,35 @@ class MLA(nn.Module):
         probs = scores.softmax(dim=-1).to(v.dtype)
         out = torch.einsum("bhst,bthv->bshv", probs, v)  # (B, S, H, V)
         return out.flatten(-2)
+
+    def attend_fused(
+        self,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_pe: torch.Tensor,
+        mask: torch.Tensor,
+        max_logits: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`attend_naive`'s math through fused SDPA. Returns [B, S, H*V] (before o_proj); `max_logits` as there."""
+        k_nope, v = self.expand_latent(c_kv)  # (B, T, H, N), (B, T, H, V)
+        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # (B, H, S, N+R)
+        k_pe_heads = k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)  # (B, T, H, R), shared by every head
+        k = torch.cat([k_nope, k_pe_heads], dim=-1).transpose(1, 2)  # (B, H, T, N+R)
+        key_mask = mask.unsqueeze(1)  # (B, 1, S, T)
+        if max_logits is not None:
+            with torch.no_grad():  # scaling after the max is exact: rounding a product is monotonic
+                scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill_(~key_mask, float("-inf"))  # (B, H, S, T)
+                max_logits.append(scores.amax(dim=(0, 2, 3)).float() * self.softmax_scale)
+                del scores
+        # An additive mask with a finite minimum, as in `attend_naive`: a fully masked row gets uniform weights.
+        bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, MASKED)
+        # PyTorch's fused (flash) kernels want value heads as wide as query/key heads (K2: 128 vs 192); with
+        # narrower ones SDPA falls back to its unfused math. Zero columns make them equal and are cut off after.
+        pad = q.shape[-1] - self.v_dim
+        v = F.pad(v, (0, pad)) if pad > 0 else v
+        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=bias, scale=self.softmax_scale)
+        return out[..., : self.v_dim].transpose(1, 2).flatten(-2)  # (B, S, H*V)
 
     def attend_absorbed(
         self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor, mask: torch.Tensor
@@ -138,17 +179,20 @@ class MLA(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: LatentCache | None = None,
-        absorbed: bool = False,
+        path: str = "naive",
         max_logits: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x [B, S, D], cos/sin [B, S, R/2]. Without a cache, `mask [B, S, S]` applies to this step's tokens."""
+        """x [B, S, D], cos/sin [B, S, R/2]. Without a cache, `mask [B, S, S]` applies to this step's tokens.
+        `path` is one of ATTENTION_PATHS; only `naive` and `fused` record `max_logits`."""
         q_nope, q_pe = self.project_query(x, cos, sin)
         c_kv, k_pe = self.project_latent(x, cos, sin)
         if cache is not None:
             c_kv, k_pe, mask = cache.update(self.layer_idx, c_kv, k_pe)
         assert mask is not None, "attention needs a mask when no cache supplies one"
-        if absorbed:
+        if path == "absorbed":
             out = self.attend_absorbed(q_nope, q_pe, c_kv, k_pe, mask)
+        elif path == "fused":
+            out = self.attend_fused(q_nope, q_pe, c_kv, k_pe, mask, max_logits)
         else:
             out = self.attend_naive(q_nope, q_pe, c_kv, k_pe, mask, max_logits)
         return self.o_proj(out)

@@ -18,13 +18,12 @@ import torch
 from torch import nn
 
 from kimi_k2.config import ModelConfig
-from kimi_k2.model.attention import MLA, LatentCache
+from kimi_k2.model.attention import ATTENTION_PATHS, MLA, LatentCache
 from kimi_k2.model.moe import MLP, MoE
 from kimi_k2.model.linear import Linear
 from kimi_k2.model.norm import RMSNorm
 from kimi_k2.model.rope import rope_cos_sin, rope_inv_freq, yarn_attention_factor
 
-ATTENTION_PATHS = ("naive", "absorbed")
 EXPERT_PATHS = ("grouped", "loop")
 
 
@@ -32,7 +31,7 @@ EXPERT_PATHS = ("grouped", "loop")
 class ForwardStats:
     """Per-layer statistics a training forward collects on the way (QK-Clip and load balancing)."""
 
-    max_logits: list[torch.Tensor] = field(default_factory=list)  # one float32 [H] per layer (naive path)
+    max_logits: list[torch.Tensor] = field(default_factory=list)  # one float32 [H] per layer (naive, fused)
     expert_counts: list[torch.Tensor] = field(default_factory=list)  # one int64 [E] per MoE layer
 
 
@@ -51,11 +50,11 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: LatentCache | None,
-        absorbed: bool,
+        attention_path: str,
         stats: ForwardStats | None,
     ) -> torch.Tensor:
         h = h + self.self_attn(
-            self.input_layernorm(h), cos, sin, mask, cache, absorbed, stats.max_logits if stats else None
+            self.input_layernorm(h), cos, sin, mask, cache, attention_path, stats.max_logits if stats else None
         )
         x = self.post_attention_layernorm(h)
         if isinstance(self.mlp, MoE):
@@ -96,7 +95,7 @@ class KimiK2ForCausalLM(nn.Module):
         self.set_paths(attention=attention, experts=experts)
 
     def set_paths(self, attention: str | None = None, experts: str | None = None) -> KimiK2ForCausalLM:
-        """Choose the attention path (`naive` | `absorbed`) and the expert path (`grouped` | `loop`)."""
+        """Choose the attention path (`naive` | `fused` | `absorbed`) and the expert path (`grouped` | `loop`)."""
         if attention is not None:
             if attention not in ATTENTION_PATHS:
                 raise ValueError(f"attention path {attention!r}: choose one of {ATTENTION_PATHS}")
@@ -130,10 +129,9 @@ class KimiK2ForCausalLM(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = self.rope(positions)
         mask = None if cache is not None else causal_mask(positions, attention_mask)
-        absorbed = self.attention_path == "absorbed"
         h = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
-            h = layer(h, cos, sin, mask, cache, absorbed, stats)
+            h = layer(h, cos, sin, mask, cache, self.attention_path, stats)
         return self.model.norm(h)
 
     def forward(

@@ -45,6 +45,7 @@ from kimi_k2.train.schedule import wsd_lr
 log = logging.getLogger("kimi_k2")
 
 OPTIMIZERS = ("muonclip", "muon", "adamw")
+TRAIN_ATTENTION_PATHS = ("fused", "naive")  # the MLA paths that record the max logits QK-Clip needs
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_PREFIX = "step-"
 
@@ -67,6 +68,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = _f({}, "model config fields to change (config.json keys)")
     vocab_size: int | None = _f(None, "model vocabulary; default: the tokenizer's vocab size (else the config's)")
     init_from: str | None = _f(None, "start from this checkpoint's weights instead of random ones")
+    attention: str = _f("fused", "MLA path: fused (SDPA, fast) or naive (the reference); both record QK-Clip's max logits")
     # data
     tokenizer: str | None = _f(None, "K2-format tokenizer directory (tiktoken.model + tokenizer_config.json)")
     eval_data: list[str] | None = _f(None, "held-out files (default: a held-out split of --data by file)")
@@ -108,6 +110,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.data: give at least one data file or directory")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.attention not in TRAIN_ATTENTION_PATHS:
+            raise ValueError(f"attention={self.attention!r}: choose one of {', '.join(TRAIN_ATTENTION_PATHS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "keep_checkpoints"):
@@ -264,10 +268,10 @@ class Trainer:
         if cfg.init_from:
             from kimi_k2.checkpoint.loader import load_model
 
-            model = load_model(cfg.init_from, dtype=self.dtype, device=self.device, attention="naive")
+            model = load_model(cfg.init_from, dtype=self.dtype, device=self.device)
         else:
             model = random_model(self._model_config(), seed=cfg.seed, dtype=self.dtype, device=self.device)
-        model.set_paths(attention="naive")  # the path that records QK-Clip's max logits
+        model.set_paths(attention=cfg.attention)  # both training paths record QK-Clip's max logits
         mcfg = model.config
         if self.tokenizer is not None and mcfg.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(
