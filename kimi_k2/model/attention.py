@@ -39,6 +39,7 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
 
 
 ATTENTION_PATHS = ("naive", "fused", "absorbed")
+MAX_LOGIT_PATHS = ("fused", "naive")  # the paths that record QK-Clip's per-head max logits (training's)
 
 # A finite "minus infinity": a fully masked row (a padding query) softmaxes to uniform weights instead of NaN.
 MASKED = torch.finfo(torch.float32).min
@@ -183,7 +184,7 @@ class MLA(nn.Module):
         max_logits: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x [B, S, D], cos/sin [B, S, R/2]. Without a cache, `mask [B, S, S]` applies to this step's tokens.
-        `path` is one of ATTENTION_PATHS; only `naive` and `fused` record `max_logits`."""
+        `path` is one of ATTENTION_PATHS; only those in MAX_LOGIT_PATHS record `max_logits`."""
         q_nope, q_pe = self.project_query(x, cos, sin)
         c_kv, k_pe = self.project_latent(x, cos, sin)
         if cache is not None:

@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from kimi_k2.config import ModelConfig, resolve_config
+from kimi_k2.model.attention import MAX_LOGIT_PATHS
 from kimi_k2.model.transformer import ForwardStats, KimiK2ForCausalLM, random_model
 from kimi_k2.train.balance import update_router_bias_
 from kimi_k2.train.data import IGNORE_LABEL, PackedBatches, TokenSplits, eval_batches, prepare_splits
@@ -45,7 +46,6 @@ from kimi_k2.train.schedule import wsd_lr
 log = logging.getLogger("kimi_k2")
 
 OPTIMIZERS = ("muonclip", "muon", "adamw")
-TRAIN_ATTENTION_PATHS = ("fused", "naive")  # the MLA paths that record the max logits QK-Clip needs
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_PREFIX = "step-"
 
@@ -110,8 +110,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.data: give at least one data file or directory")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.attention not in TRAIN_ATTENTION_PATHS:
-            raise ValueError(f"attention={self.attention!r}: choose one of {', '.join(TRAIN_ATTENTION_PATHS)}")
+        if self.attention not in MAX_LOGIT_PATHS:  # QK-Clip needs the max logits
+            raise ValueError(f"attention={self.attention!r}: choose one of {', '.join(MAX_LOGIT_PATHS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "keep_checkpoints"):

@@ -137,6 +137,11 @@ def stage_tokens(work: Path) -> None:
         print(f"{split}: {len(all_ids):,} tokens, {sum(all_mask):,} of them assistant targets")
 
 
+def phase_run_dir(work: Path, phase: int) -> Path:
+    """Where training phase `phase` (1, 2, ...) writes its log and checkpoints: `run`, `run2`, `run3`, ..."""
+    return work / ("run" if phase == 1 else f"run{phase}")
+
+
 def stage_train(
     work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float, *, phase: int = 1
 ) -> Path:
@@ -145,13 +150,13 @@ def stage_train(
     arguments is learned in the later phases: numbers first, the first letter of a place name last."""
     from kimi_k2.train.trainer import TrainConfig, Trainer, latest_checkpoint
 
-    run_dir = work / ("run" if phase == 1 else f"run{phase}")
+    run_dir = phase_run_dir(work, phase)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     model_args: dict = (
         {"model": "tiny", "model_overrides": NANO_CONFIG}
         if phase == 1
-        else {"init_from": str(latest_checkpoint(work / ("run" if phase == 2 else f"run{phase - 1}")))}
+        else {"init_from": str(latest_checkpoint(phase_run_dir(work, phase - 1)))}
     )
     cfg = TrainConfig(
         run_dir=str(run_dir),
@@ -252,7 +257,7 @@ def main() -> None:
         for phase, steps in enumerate(args.continue_steps, start=2):
             stage_train(args.work, steps, args.batch_size, args.seq_len, args.lr * 2 / 3, args.tau, phase=phase)
     if "package" in todo:
-        runs = [args.work / "run"] + [args.work / f"run{phase}" for phase in range(2, 2 + len(args.continue_steps))]
+        runs = [phase_run_dir(args.work, phase) for phase in range(1, 2 + len(args.continue_steps))]
         stage_package(args.work, runs)
     if "evaluate" in todo:
         subprocess.run(
