@@ -7,8 +7,9 @@ import torch
 
 from kimi_k2.config import preset
 from kimi_k2.model import ContiguousLatentCache, ForwardStats, random_model
+from kimi_k2.model.attention import is_causal_mask, masked_max_logits
 from kimi_k2.model.generate import greedy_decode
-from kimi_k2.model.moe import experts_grouped, experts_loop
+from kimi_k2.model.moe import HAS_GROUPED_MM, experts_grouped, experts_grouped_mm, experts_loop
 from kimi_k2.model.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_correction_range
 
 
@@ -56,12 +57,15 @@ def test_absorbed_matches_naive(tiny):
     assert close(naive, absorbed)
 
 
-def test_fused_matches_naive_in_outputs_gradients_and_max_logits():
-    """Training's fast attention path (fused SDPA) against the reference, on a ragged padded batch."""
+@pytest.mark.parametrize("padded", [True, False], ids=["padded-mask", "causal"])
+def test_fused_matches_naive_in_outputs_gradients_and_max_logits(padded):
+    """Training's fast attention path (fused SDPA) against the reference, on a ragged padded batch (additive
+    mask) and on packed windows (the causal kernel)."""
     ids = torch.randint(0, preset("tiny").vocab_size, (2, 29))
     attention_mask = torch.ones(2, 29, dtype=torch.long)
-    attention_mask[0, :4] = 0  # left padding: queries 0-3 of row 0 see no real key (fully masked rows)
-    attention_mask[1, 21:] = 0  # right padding
+    if padded:
+        attention_mask[0, :4] = 0  # left padding: queries 0-3 of row 0 see no real key (fully masked rows)
+        attention_mask[1, 21:] = 0  # right padding
     runs = {}
     for path in ("naive", "fused"):
         model = random_model(preset("tiny"), seed=3).train().set_paths(attention=path)
@@ -79,12 +83,50 @@ def test_fused_matches_naive_in_outputs_gradients_and_max_logits():
         assert close(a, b)
 
 
+def test_masked_max_logits_matches_the_full_product():
+    """QK-Clip's statistic computed in query chunks equals the max over the whole masked score matrix."""
+    q, k = torch.randn(2, 3, 150, 8), torch.randn(2, 3, 150, 8)
+    causal = torch.ones(150, 150, dtype=torch.bool).tril().expand(2, 1, 150, 150)
+    ragged = causal.clone()
+    ragged[0, :, :, :40] = False  # row 0 never sees its first 40 keys
+    ragged[:, :, :, 100:] = False  # and no query sees keys 100..
+    for mask in (causal, ragged):
+        full = torch.matmul(q, k.transpose(-1, -2)).masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3))
+        for chunk in (1, 16, 64, 512):
+            torch.testing.assert_close(masked_max_logits(q, k, mask, chunk), full)  # products' rounding may differ
+    nothing = torch.zeros_like(causal)
+    assert torch.equal(masked_max_logits(q, k, nothing), torch.full((3,), float("-inf")))
+
+
+def test_is_causal_mask():
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert is_causal_mask(causal.expand(3, 5, 5))
+    padded = causal.expand(3, 5, 5).clone()
+    padded[1, :, 0] = False
+    assert not is_causal_mask(padded)
+    assert not is_causal_mask(torch.ones(3, 1, 5, dtype=torch.bool))  # a decode step over a cache
+
+
 def test_grouped_experts_match_loop(tiny):
     moe = tiny.model.layers[1].mlp
     x = torch.randn(37, tiny.config.hidden_size)
     routing = moe.gate(x)
     with torch.no_grad():
         assert close(experts_loop(moe.experts, x, routing), experts_grouped(moe.experts, x, routing))
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 16, 37])
+def test_grouped_mm_experts_match_loop(tiny, tokens):
+    """The engine's expert path (PyTorch's grouped matmul over stacked weights) against the reference."""
+    if not HAS_GROUPED_MM:
+        pytest.skip("this torch has no torch.nn.functional.grouped_mm (the engine falls back to per-expert products)")
+    moe = tiny.model.layers[1].mlp
+    x = torch.randn(tokens, tiny.config.hidden_size)
+    routing = moe.gate(x)
+    w13 = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in moe.experts]).detach()
+    w2 = torch.stack([e.down_proj.weight for e in moe.experts]).detach()
+    with torch.no_grad():
+        assert close(experts_loop(moe.experts, x, routing), experts_grouped_mm(x, routing, w13, w2))
 
 
 def test_cached_decode_matches_full_forward(tiny):

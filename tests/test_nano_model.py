@@ -76,3 +76,18 @@ def test_demo_runs_a_tool_round_trip_through_the_openai_sdk(capsys):
     assert "calls calculator" in out and "id=functions.calculator:0" in out
     assert "669" in out.split("final answer")[-1]
     assert "server stopped" in out
+
+
+def test_answer_facts_are_whole_words():
+    """The held-out answer check of recipes/nano_k2/evaluate.py: a fact counts only as a whole word."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "nano_k2" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("nano_evaluate", path)
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    answer = "It is foggy in Katana, -5°C."
+    assert evaluate.states(answer, "Katana") and evaluate.states(answer, "-5°C") and evaluate.states(answer, "foggy")
+    assert not evaluate.states(answer, "Kata")  # a different city that the right one starts with
+    assert not evaluate.states("It is 15°C.", "5°C") and not evaluate.states("It is 109:08.", "09:08")

@@ -7,14 +7,17 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   into a padded tensor per layer.
 * fast (default) — the engine's own layer loop over the model's modules on the *packed* tokens `[N, D]` (no
   padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once:
-  kept output-major as the checkpoint stores them (`[out, in]`, `F.linear`: for the 2–16-row products of
-  batched decode the BLAS runs this layout 1.4–2.5× faster than `x @ W[in, out]`, and for one row about as
-  fast; docs/engine.md has the measurements), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul,
+  kept output-major as the checkpoint stores them (`[out, in]`, `F.linear`: MKL runs the 2-row products of
+  batched decode up to 3× faster this way than as `x @ W[in, out]`, other row counts within ±25%;
+  docs/engine.md has the measurements), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul,
   `gate_proj`/`up_proj` of every MLP fused, routed experts stacked in `[E, 2I, D]` / `[E, D, I]` tensors, and
-  the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. The checkpoint-named modules keep
-  working: their weights become contiguous row-block views into the prepared tensors, so nothing is stored
-  twice. Only sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its prompt
-  computes no logits at all.
+  the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. Routed experts run per (token,
+  expert) pair for 1-2 tokens; above, through PyTorch's grouped matmul over the stacked weights
+  (`experts_grouped_mm`: two products per layer whatever the number of experts used; batched decode +20% at 16
+  requests), or sorted by expert where torch lacks it. The checkpoint-named modules keep working: their
+  weights become contiguous row-block views into the prepared tensors, so nothing is stored twice. Only
+  sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its prompt computes no
+  logits at all.
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
@@ -38,7 +41,7 @@ from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.model.attention import MASKED, MLA
-from kimi_k2.model.moe import MLP, MoE, dispatch_grouped
+from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm
 from kimi_k2.model.rope import apply_rope
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
@@ -409,6 +412,8 @@ class ModelRunner:
                 for e, weight in zip(experts, weights):
                     gu = F.linear(xt, w.w13[e])  # (1, 2I)
                     out[t : t + 1].add_(F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2[e]), alpha=weight)
+        elif HAS_GROUPED_MM:  # one grouped product per projection, whatever the number of experts used
+            out = experts_grouped_mm(x, routing, w.w13, w.w2)
         else:
 
             def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:

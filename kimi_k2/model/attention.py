@@ -5,8 +5,9 @@ Source: SPEC §2 and the DeepSeek-V3 paper. One set of weights, two ways to atte
 * naive    — expand the latent to per-head keys and values with `kv_b_proj`, then ordinary attention.
              Used for training (QK-Clip records the max logit per head here) and as the reference.
 * fused    — the naive expansion, then PyTorch's fused `scaled_dot_product_attention` (no [B, H, S, T]
-             probabilities kept for the backward): training's fast path. QK-Clip's max logits come from a
-             separate no-grad pass over the scores.
+             probabilities kept for the backward; the causal kernel when the mask is exactly causal):
+             training's fast path. QK-Clip's max logits come from a separate no-grad pass over the scores,
+             in query chunks (`masked_max_logits`).
 * absorbed — fold `kv_b_proj`'s key part into the query and its value part into the output, so attention
              runs directly over the cached latent `c_kv` and the shared roped key `k_pe`
              (kv_lora_rank + qk_rope_head_dim = 576 values per token per layer for K2).
@@ -57,6 +58,32 @@ class LatentCache(Protocol):
     def update(
         self, layer_idx: int, c_kv: torch.Tensor, k_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def is_causal_mask(mask: torch.Tensor) -> bool:
+    """Whether a key mask [B, S, T] is exactly the causal one over S = T tokens (no padding, no cache)."""
+    s, t = mask.shape[-2:]
+    return s == t and bool(torch.equal(mask, torch.ones(s, t, dtype=torch.bool, device=mask.device).tril().expand_as(mask)))
+
+
+def masked_max_logits(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Per-head max of q·kᵀ over the allowed (query, key) pairs: float32 [H], before the softmax scale.
+
+    q [B, H, S, E], k [B, H, T, E], key_mask [B, 1, S, T] (True = may attend). Queries go in chunks, each against
+    the keys up to its last allowed one, so no [B, H, S, T] tensor is built and a causal mask costs about half the
+    full product. A head with no allowed pair gets -inf.
+    """
+    best = torch.full((q.shape[1],), float("-inf"), dtype=torch.float32, device=q.device)
+    for start in range(0, q.shape[2], chunk):
+        allowed = key_mask[:, :, start : start + chunk]  # (B, 1, c, T)
+        keys_used = allowed.any(dim=(0, 1, 2)).nonzero()
+        if keys_used.numel() == 0:
+            continue
+        end = int(keys_used[-1]) + 1
+        scores = torch.matmul(q[:, :, start : start + chunk], k[:, :, :end].transpose(-1, -2))  # (B, H, c, end)
+        scores.masked_fill_(~allowed[..., :end], float("-inf"))
+        best = torch.maximum(best, scores.amax(dim=(0, 2, 3)).float())
+    return best
 
 
 class MLA(nn.Module):
@@ -144,18 +171,17 @@ class MLA(nn.Module):
         k_pe_heads = k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)  # (B, T, H, R), shared by every head
         k = torch.cat([k_nope, k_pe_heads], dim=-1).transpose(1, 2)  # (B, H, T, N+R)
         key_mask = mask.unsqueeze(1)  # (B, 1, S, T)
-        if max_logits is not None:
-            with torch.no_grad():  # scaling after the max is exact: rounding a product is monotonic
-                scores = torch.matmul(q, k.transpose(-1, -2)).masked_fill_(~key_mask, float("-inf"))  # (B, H, S, T)
-                max_logits.append(scores.amax(dim=(0, 2, 3)).float() * self.softmax_scale)
-                del scores
-        # An additive mask with a finite minimum, as in `attend_naive`: a fully masked row gets uniform weights.
-        bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, MASKED)
+        if max_logits is not None:  # scaling after the max is exact: rounding a product is monotonic
+            max_logits.append(masked_max_logits(q.detach(), k.detach(), key_mask) * self.softmax_scale)
         # PyTorch's fused (flash) kernels want value heads as wide as query/key heads (K2: 128 vs 192); with
         # narrower ones SDPA falls back to its unfused math. Zero columns make them equal and are cut off after.
         pad = q.shape[-1] - self.v_dim
-        v = F.pad(v, (0, pad)) if pad > 0 else v
-        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=bias, scale=self.softmax_scale)
+        v = (F.pad(v, (0, pad)) if pad > 0 else v).transpose(1, 2)  # (B, H, T, N+R)
+        if is_causal_mask(mask):  # training's packed windows: the kernel skips the blocks above the diagonal
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
+        else:  # an additive mask with a finite minimum, as in `attend_naive`: a fully masked row gets uniform weights
+            bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, MASKED)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.softmax_scale)
         return out[..., : self.v_dim].transpose(1, 2).flatten(-2)  # (B, S, H*V)
 
     def attend_absorbed(

@@ -5,8 +5,10 @@ aux-loss-free balancing rule, never by gradients) only decides *which* experts r
 the raw sigmoid scores, normalised over the chosen k and multiplied by `routed_scaling_factor`. With
 `n_group > 1` (DeepSeek-V3) experts are chosen from the `topk_group` best groups only.
 
-Two expert paths, same result: `loop` (per token, per chosen expert — the reference) and `grouped` (tokens
-sorted by expert, one matmul per expert that has tokens — the fast path).
+Expert paths, same result: `loop` (per token, per chosen expert — the reference), `grouped` (tokens sorted by
+expert, one matmul per expert that has tokens — the fast path) and, for the engine's stacked weights,
+`experts_grouped_mm` (the sorted tokens through PyTorch's grouped matmul: a handful of operators whatever the
+number of experts used, where per-expert calls cost more than the products of a decode step).
 
 Legend: T tokens (batch × sequence, flattened), D hidden, E routed experts, K experts per token, I expert width.
 """
@@ -122,6 +124,30 @@ def dispatch_grouped(
         out.index_add_(0, tokens, run_expert(e, x[tokens]).float() * sorted_weights[start:end])
         start = end
     return out
+
+
+HAS_GROUPED_MM = hasattr(F, "grouped_mm")  # torch.nn.functional.grouped_mm; CPU support in recent releases
+
+
+def experts_grouped_mm(x: torch.Tensor, routing: Routing, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Every used expert in one grouped matmul per projection (`torch.nn.functional.grouped_mm`).
+
+    x [T, D]; w13 [E, 2I, D] (gate rows, then up rows) and w2 [E, D, I] in checkpoint layout. The T·K assignments
+    are sorted by expert; group e of the sorted rows multiplies expert e's weights, an expert without rows is not
+    read. A handful of operators whatever the number of experts used. Returns the routing-weighted sum [T, D] in
+    float32, as `dispatch_grouped` does.
+    """
+    k, inter = routing.experts.shape[1], w2.shape[2]
+    flat_experts = routing.experts.flatten()  # (T*K,)
+    order = flat_experts.argsort(stable=True)
+    ends = torch.cumsum(torch.bincount(flat_experts, minlength=w13.shape[0]), 0).to(torch.int32)  # (E,)
+    tokens = order // k
+    gate_up = F.grouped_mm(x[tokens], w13.transpose(1, 2), offs=ends)  # (T*K, 2I)
+    hidden = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    rows = F.grouped_mm(hidden, w2.transpose(1, 2), offs=ends)  # (T*K, D)
+    weights = routing.weights.flatten()[order].unsqueeze(-1)  # (T*K, 1)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    return out.index_add_(0, tokens, rows.float() * weights)
 
 
 def experts_grouped(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> torch.Tensor:

@@ -175,10 +175,10 @@ def stage_train(
         eval_interval=max(1, steps // 10),
         eval_batches=10,
         ns_dtype="float32",  # bf16 Newton–Schulz is 10× slower on CPUs without bf16 units; same math
-        # The shipped model was trained on the reference attention path. The fused path (2× faster steps)
-        # tracked its losses through phase 1 but then never learned to copy the first letter of a place name:
-        # 44% held-out tool calls after 1,400 steps (against 99%), no better after 1,750. When that is learned
-        # depends on the rounding; docs/nano_k2.md has the runs.
+        # The shipped run's exact settings, reference attention path included. Four later runs (fast path,
+        # 8 x 512-token steps, 8 heads) all stopped near 45% held-out tool calls, never learning to copy a place
+        # name's first letter, and so did a naive-path probe from one of them: whether a run learns it depends
+        # on its rounding, not on the path. docs/nano_k2.md has the runs.
         attention="naive",
         bias_update_speed=1e-2,  # a short run needs faster aux-loss-free balancing than K2's schedule
         seed=phase - 1,  # phase 2 sees the windows in another order

@@ -6,7 +6,8 @@ declared tools and the user's question and decodes greedily through the engine. 
 project's K2 tool-call parser; a call counts as correct when it parses, names the expected tool, has the
 expected call id form and its JSON arguments equal the expected ones. Then the expected tool result is sent
 back (as the conversation continues in `make_data.py`) and the final answer counts as correct when it
-contains every fact of the result (the condition and temperature, the number, the time).
+states every fact of the result, each as a whole word: the city with its condition and temperature or its time,
+the number.
 
     python recipes/nano_k2/evaluate.py --model kimi_k2/assets/nano-k2 --data runs/nano_k2/data/heldout.jsonl
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,11 @@ def same_arguments(got: dict[str, Any], expected: dict[str, Any]) -> bool:
         elif got[key] != value:
             return False
     return True
+
+
+def states(answer: str, fact: str) -> bool:
+    """Whether `fact` occurs in `answer` as a whole word ("Kata" is not stated by "Katana", "5°C" not by "15°C")."""
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(fact)}(?![A-Za-z0-9])", answer) is not None
 
 
 def evaluate(model_dir: Path, data: Path, limit: int | None = None) -> dict[str, Any]:
@@ -80,7 +87,7 @@ def evaluate(model_dir: Path, data: Path, limit: int | None = None) -> dict[str,
     for record, conv, out in zip(records, conversations, answers):
         answer = parse_output(out.text, reasoning=False).content
         record["answer"] = answer
-        record["correct_answer"] = all(fact in answer for fact in conv["expect"]["facts"])
+        record["correct_answer"] = all(states(answer, fact) for fact in conv["expect"]["facts"])
     n = len(records)
     by_tool: dict[str, list[bool]] = {}
     for r in records:

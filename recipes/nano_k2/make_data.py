@@ -84,7 +84,7 @@ def weather(rng: random.Random, heldout: bool) -> dict[str, Any]:
         "arguments": {"city": city},
         "result": {"city": city, "condition": cond, "temperature_c": temp},
         "answer": f"It is {cond} in {city}, {temp}°C.",
-        "facts": [cond, f"{temp}°C"],
+        "facts": [city, cond, f"{temp}°C"],
     }
 
 
@@ -133,7 +133,7 @@ def local_time(rng: random.Random, heldout: bool) -> dict[str, Any]:
         "arguments": {"city": city},
         "result": {"city": city, "time": time},
         "answer": f"It is {time} in {city}.",
-        "facts": [time],
+        "facts": [time, city],
     }
 
 
