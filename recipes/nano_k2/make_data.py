@@ -138,8 +138,9 @@ def local_time(rng: random.Random, heldout: bool) -> dict[str, Any]:
 
 
 TASKS = [weather, arithmetic, conversion, local_time]
-# Copying a name out of a sentence is what a small model learns last, so the two city tools come up more often.
-TASK_WEIGHTS = [3, 2, 2, 3]
+# Copying a name out of a sentence is what a small model learns last (numbers it copies early), so the two city
+# tools come up four times as often as the others.
+TASK_WEIGHTS = [4, 1, 1, 4]
 # How many more questions (each with its own call, `functions.NAME:1`, `:2`, ...) follow the first one.
 FOLLOW_UPS = [0, 1, 1, 2, 2, 3]
 
