@@ -105,23 +105,38 @@ def experts_loop(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> t
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class SortedAssignments:
+    """The T*K (token, expert) assignments of a routing, sorted by expert (token order kept within one)."""
+
+    tokens: torch.Tensor  # (T*K,) int64, the token of each sorted assignment
+    weights: torch.Tensor  # (T*K, 1) float32, its routing weight
+    counts: torch.Tensor  # (E,) int64, assignments per expert
+
+
+def sort_assignments(routing: Routing, num_experts: int) -> SortedAssignments:
+    flat_experts = routing.experts.flatten()  # (T*K,)
+    order = flat_experts.argsort(stable=True)
+    return SortedAssignments(
+        tokens=order // routing.experts.shape[1],
+        weights=routing.weights.flatten()[order].unsqueeze(-1),
+        counts=torch.bincount(flat_experts, minlength=num_experts),
+    )
+
+
 def dispatch_grouped(
     x: torch.Tensor, routing: Routing, num_experts: int, run_expert: Callable[[int, torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """Sort the T*K assignments by expert and call `run_expert(e, x_rows)` once per used expert; return the
     routing-weighted sum [T, D] in float32. Shared by the module path here and the engine's stacked weights."""
-    flat_experts = routing.experts.flatten()  # (T*K,)
-    order = flat_experts.argsort(stable=True)  # assignments sorted by expert, token order kept within one
-    counts = torch.bincount(flat_experts, minlength=num_experts).tolist()
-    sorted_tokens = order // routing.experts.shape[1]  # (T*K,) the token of each sorted assignment
-    sorted_weights = routing.weights.flatten()[order].unsqueeze(-1)  # (T*K, 1)
+    sorted_ = sort_assignments(routing, num_experts)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     start = 0
-    for e, count in enumerate(counts):
+    for e, count in enumerate(sorted_.counts.tolist()):
         if count == 0:
             continue
-        tokens, end = sorted_tokens[start : start + count], start + count
-        out.index_add_(0, tokens, run_expert(e, x[tokens]).float() * sorted_weights[start:end])
+        tokens, end = sorted_.tokens[start : start + count], start + count
+        out.index_add_(0, tokens, run_expert(e, x[tokens]).float() * sorted_.weights[start:end])
         start = end
     return out
 
@@ -137,17 +152,14 @@ def experts_grouped_mm(x: torch.Tensor, routing: Routing, w13: torch.Tensor, w2:
     read. A handful of operators whatever the number of experts used. Returns the routing-weighted sum [T, D] in
     float32, as `dispatch_grouped` does.
     """
-    k, inter = routing.experts.shape[1], w2.shape[2]
-    flat_experts = routing.experts.flatten()  # (T*K,)
-    order = flat_experts.argsort(stable=True)
-    ends = torch.cumsum(torch.bincount(flat_experts, minlength=w13.shape[0]), 0).to(torch.int32)  # (E,)
-    tokens = order // k
-    gate_up = F.grouped_mm(x[tokens], w13.transpose(1, 2), offs=ends)  # (T*K, 2I)
+    inter = w2.shape[2]
+    sorted_ = sort_assignments(routing, w13.shape[0])
+    ends = torch.cumsum(sorted_.counts, 0).to(torch.int32)  # (E,) where each expert's rows end
+    gate_up = F.grouped_mm(x[sorted_.tokens], w13.transpose(1, 2), offs=ends)  # (T*K, 2I)
     hidden = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
     rows = F.grouped_mm(hidden, w2.transpose(1, 2), offs=ends)  # (T*K, D)
-    weights = routing.weights.flatten()[order].unsqueeze(-1)  # (T*K, 1)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    return out.index_add_(0, tokens, rows.float() * weights)
+    return out.index_add_(0, sorted_.tokens, rows.float() * sorted_.weights)
 
 
 def experts_grouped(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> torch.Tensor:
