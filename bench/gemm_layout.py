@@ -1,9 +1,11 @@
-"""Which weight layout the fast runner should keep: `F.linear(x, W[out, in])` against `x @ W[in, out]`.
+"""Which weight layout and product form the fast runner should use: `F.linear(x, W[out, in])` against
+`x @ W[in, out]`, and, on the same output-major weight, the transposed product `(W @ xᵀ)ᵀ`.
 
 For the shapes of the `medium` preset's decode products (expert gate+up and down, attention projections,
-lm_head) and 1, 2, 4 and 16 rows (batch-1 decode and batched decode), it multiplies rows by cold weights —
+lm_head) and 1, 2, 4, 8 and 16 rows (batch-1 decode and batched decode), it multiplies rows by cold weights —
 a rotation of distinct matrices larger than the last-level cache, as in a real step where every weight is
-read once — and prints the weight bytes read per second for each layout.
+read once — and prints the weight bytes read per second for each form. (MKL picks its kernel and its split
+over threads by shape: for the 32,768-row lm_head with 4-16 rows, `W @ xᵀ` reads faster than `F.linear`.)
 
 Usage:  python bench/gemm_layout.py [--threads N] [--cache-mb 160]
 """
@@ -27,21 +29,31 @@ SHAPES = [
     ("expert gate+up", 1024, 512),
     ("expert down", 256, 1024),
     ("q_a + kv_a", 1024, 544),
+    ("dense gate+up", 1024, 5632),
+    ("dense down", 2816, 1024),
     ("q_b", 384, 768),
     ("o_proj", 512, 1024),
     ("lm_head", 1024, 32768),
 ]
-ROWS = (1, 2, 4, 16)
+ROWS = (1, 2, 4, 8, 16)
 
 
-def weight_gb_per_s(k: int, n: int, rows: int, out_major: bool, cache_bytes: int, repeats: int = 2) -> float:
+FORMS = {  # name → (weight stored output-major?, product)
+    "linear": (True, lambda x, w: F.linear(x, w)),
+    "x@W": (False, lambda x, w: x @ w),
+    "W@xT": (True, lambda x, w: torch.mm(w, x.t()).t()),
+}
+
+
+def weight_gb_per_s(k: int, n: int, rows: int, form: str, cache_bytes: int, repeats: int = 2) -> float:
+    out_major, product = FORMS[form]
     count = max(2, cache_bytes // (k * n * 4) + 1)
     weights = [torch.randn(n, k) if out_major else torch.randn(k, n) for _ in range(count)]
     x = torch.randn(rows, k)
 
     def one_pass() -> None:
         for w in weights:
-            F.linear(x, w) if out_major else x @ w
+            product(x, w)
 
     one_pass()
     best = float("inf")
@@ -62,13 +74,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}\n")
-    print("| product | K → N | rows | out-major `F.linear` GB/s | in-major `x @ W` GB/s | out / in |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| product | K → N | rows | out-major `F.linear` GB/s | in-major `x @ W` GB/s | out / in | out-major `W @ xᵀ` GB/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, k, n in SHAPES:
         for rows in ROWS:
-            out_major = weight_gb_per_s(k, n, rows, True, args.cache_mb << 20)
-            in_major = weight_gb_per_s(k, n, rows, False, args.cache_mb << 20)
-            print(f"| {name} | {k} → {n} | {rows} | {out_major:.1f} | {in_major:.1f} | {out_major / in_major:.2f}× |")
+            linear, in_major, transposed = (weight_gb_per_s(k, n, rows, form, args.cache_mb << 20) for form in FORMS)
+            print(f"| {name} | {k} → {n} | {rows} | {linear:.1f} | {in_major:.1f} | {linear / in_major:.2f}× | {transposed:.1f} |")
     return 0
 
 

@@ -10,7 +10,8 @@ from kimi_k2.model import ContiguousLatentCache, ForwardStats, random_model
 from kimi_k2.model.attention import is_causal_mask, masked_max_logits
 from kimi_k2.model.generate import greedy_decode
 from kimi_k2.model.moe import HAS_GROUPED_MM, experts_grouped, experts_grouped_mm, experts_loop
-from kimi_k2.model.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_correction_range
+from kimi_k2.model.norm import rms_norm, rms_norm_reference
+from kimi_k2.model.rope import apply_rope, apply_rope_complex, rope_cis, rope_cos_sin, rope_inv_freq, yarn_correction_range
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -46,6 +47,27 @@ def test_rope_rotates_interleaved_pairs():
     angle = 2 * 0.5  # position 2, frequency 0.5
     a, b = x[2, 2], x[2, 3]
     assert y[2, 2].item() == pytest.approx((a * torch.cos(torch.tensor(angle)) - b * torch.sin(torch.tensor(angle))).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (3, 8, 16), (2, 5, 4, 64)])
+def test_rope_complex_is_bit_identical_to_rope(shape):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen) * 5
+    positions = torch.randint(0, 100_000, shape[:-1], generator=gen)
+    cos, sin = rope_cos_sin(rope_inv_freq(preset("kimi-k2"))[: shape[-1] // 2], positions, 1.3)
+    assert torch.equal(apply_rope_complex(x, rope_cis(cos, sin)), apply_rope(x, cos, sin))
+    # a strided slice (the engine ropes the tail of each head's query in place) and an odd offset
+    wide = torch.randn(*shape[:-1], shape[-1] + 3, generator=gen)
+    assert torch.equal(apply_rope_complex(wide[..., 3:], rope_cis(cos, sin)), apply_rope(wide[..., 3:], cos, sin))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_fast_path_is_bit_identical_to_the_formula(dtype):
+    gen = torch.Generator().manual_seed(2)
+    for shape in [(1, 1024), (7, 384), (2, 3, 160)]:
+        x = (torch.randn(shape, generator=gen) * 4).to(dtype)
+        weight = (1 + 0.3 * torch.randn(shape[-1], generator=gen)).to(dtype)
+        assert torch.equal(rms_norm(x, weight, 1e-6), rms_norm_reference(x, weight, 1e-6))
 
 
 def test_absorbed_matches_naive(tiny):

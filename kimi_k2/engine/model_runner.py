@@ -18,6 +18,14 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   weights become contiguous row-block views into the prepared tensors, so nothing is stored twice. Only
   sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its prompt computes no
   logits at all.
+* Few operators per step. A batch-1 decode step is ~150 matrix products and, around them, operators whose
+  dispatch costs more than their arithmetic (3-10 µs each on the benchmark CPU). So the products are
+  `torch.mm` / `addmm` on transposed views prepared once (F.linear's own product without its wrapper
+  operators; the expert views sit in Python lists, so picking expert e is no operator), `o_proj`, the dense
+  down projection and the shared expert add into their destination in the same call (`addmm`), each routed
+  expert's down projection accumulates with `addmm_(alpha=routing weight)`, RoPE is one complex product
+  (`apply_rope_complex`) and RMSNorm one call (`rms_norm`), both bit-identical to the reference formulas.
+  This took the batch-1 step from ~4,000 to ~2,600 ATen operators (the numbers are in docs/engine.md).
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
@@ -42,10 +50,16 @@ from torch import nn
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.model.attention import MASKED, MLA
 from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm
-from kimi_k2.model.rope import apply_rope
+from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
 NAIVE_PREFILL_MIN_TOKENS = 64
+# Row counts for which a product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ: MKL picks its kernel and its split over the
+# threads by shape, and reads the medium preset's decode weights 1.1-3.6× faster that way for 12-32 rows (16
+# concurrent decodes), while 2-8 rows are mostly faster as x @ Wᵀ and 64+ rows are even (bench/gemm_layout.py,
+# docs/engine.md). lm_head, a [V, D] weight, reads faster transposed from 3 rows on.
+TRANSPOSED_ROWS = (12, 32)
+LM_HEAD_TRANSPOSED_MIN_ROWS = 3
 PREFILL_ATTENTION = ("auto", "naive", "absorbed")
 
 
@@ -81,21 +95,25 @@ def _fuse_rows(linears: Sequence[nn.Linear]) -> torch.Tensor:
 class MLPWeights:
     w13: torch.Tensor  # (2I, D): gate rows then up rows
     w2: torch.Tensor  # (D, I)
+    w13_t: torch.Tensor  # (D, 2I): a transposed view of w13, for torch.mm / addmm
+    w2_t: torch.Tensor  # (I, D): a transposed view of w2
 
 
 @dataclass(slots=True)
 class MoEWeights:
     w13: torch.Tensor  # (E, 2I, D)
     w2: torch.Tensor  # (E, D, I)
+    w13_t: list[torch.Tensor]  # E views (D, 2I): expert e's w13, transposed (a list: picking one is no operator)
+    w2_t: list[torch.Tensor]  # E views (I, D)
     shared: MLPWeights | None
 
 
 @dataclass(slots=True)
 class AttentionWeights:
-    w_a: torch.Tensor  # (q_lora + W, D), or (H*(Q+R) + W, D) without q LoRA: the fused input projections
-    q_split: int  # rows of w_a that are the query part
-    w_qb: torch.Tensor | None  # (H*(Q+R), q_lora), None without q LoRA
-    w_o: torch.Tensor  # (D, H*V)
+    w_a_t: torch.Tensor  # (D, q_lora + W), or (D, H*(Q+R) + W) without q LoRA: the fused input projections
+    q_split: int  # columns of w_a_t that are the query part
+    w_qb_t: torch.Tensor | None  # (q_lora, H*(Q+R)), None without q LoRA
+    w_o_t: torch.Tensor  # (H*V, D)
     w_uk: torch.Tensor  # (H, Q, C)
     w_uv_t: torch.Tensor  # (H, C, V)
 
@@ -107,7 +125,8 @@ class LayerWeights:
 
 
 def _prepare_mlp(mlp: MLP) -> MLPWeights:
-    return MLPWeights(w13=_fuse_rows([mlp.gate_proj, mlp.up_proj]), w2=_fuse_rows([mlp.down_proj]))
+    w13, w2 = _fuse_rows([mlp.gate_proj, mlp.up_proj]), _fuse_rows([mlp.down_proj])
+    return MLPWeights(w13=w13, w2=w2, w13_t=w13.t(), w2_t=w2.t())
 
 
 def _prepare_moe(moe: MoE) -> MoEWeights:
@@ -124,7 +143,7 @@ def _prepare_moe(moe: MoE) -> MoEWeights:
         expert.up_proj.weight.data = w13[e, inter:]
         expert.down_proj.weight.data = w2[e]
     shared = _prepare_mlp(moe.shared_experts) if moe.shared_experts is not None else None
-    return MoEWeights(w13=w13, w2=w2, shared=shared)
+    return MoEWeights(w13=w13, w2=w2, w13_t=[w.t() for w in w13], w2_t=[w.t() for w in w2], shared=shared)
 
 
 def _prepare_attention(attn: MLA) -> AttentionWeights:
@@ -132,10 +151,10 @@ def _prepare_attention(attn: MLA) -> AttentionWeights:
     w_a = _fuse_rows([query, attn.kv_a_proj_with_mqa])
     w = attn.kv_b_proj.weight.detach().unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
     return AttentionWeights(
-        w_a=w_a,
+        w_a_t=w_a.t(),
         q_split=query.weight.shape[0],
-        w_qb=_fuse_rows([attn.q_b_proj]) if hasattr(attn, "q_b_proj") else None,
-        w_o=_fuse_rows([attn.o_proj]),
+        w_qb_t=_fuse_rows([attn.q_b_proj]).t() if hasattr(attn, "q_b_proj") else None,
+        w_o_t=_fuse_rows([attn.o_proj]).t(),
         w_uk=w[:, : attn.nope_dim].contiguous(),
         w_uv_t=w[:, attn.nope_dim :].transpose(1, 2).contiguous(),
     )
@@ -164,6 +183,7 @@ class StepMeta:
     decode_mask: torch.Tensor | None  # (Bd, 1, T) or None when every row sees all T keys
     prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]  # (row offset, S, key slots [T], mask [S, T])
     logit_rows: torch.Tensor  # (number of sampled rows,) indices into the packed tokens
+    all_rows_sampled: bool  # logit_rows is every packed row in order (a decode-only step): no gather needed
     order: list[int]  # chunk index of each packed row group (decodes first)
 
 
@@ -216,6 +236,7 @@ def build_meta(chunks: Sequence[StepChunk], block_size: int) -> StepMeta:
         decode_mask=decode_mask,
         prefills=prefills,
         logit_rows=torch.tensor(logit_rows, dtype=torch.long),
+        all_rows_sampled=logit_rows == list(range(offset)),
         order=order,
     )
 
@@ -290,45 +311,44 @@ class ModelRunner:
         device = self.pool.kv.device
         ids, positions = meta.input_ids.to(device), meta.positions.to(device)
         h = model.model.embed_tokens(ids)  # (N, D)
-        cos, sin = model.rope(positions)  # (N, R/2)
+        cis = rope_cis(*model.rope(positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
-            x = layer.input_layernorm(h)
-            attended = self._attention(layer_idx, layer.self_attn, weights.attention, x, cos, sin, meta)  # (N, H*V)
-            h = h + F.linear(attended, weights.attention.w_o)
+            attended = self._attention(layer_idx, layer.self_attn, weights.attention, layer.input_layernorm(h), cis, meta)
+            h = _add_product(h, attended, weights.attention.w_o_t)  # h + o_proj(attended)  (N, D)
             x = layer.post_attention_layernorm(h)
             mlp = weights.mlp
-            h = h + (self._moe(layer.mlp, mlp, x) if isinstance(mlp, MoEWeights) else _swiglu(x, mlp))
+            if isinstance(mlp, MoEWeights):
+                h = h + self._moe(layer.mlp, mlp, x)
+            else:
+                h = _add_product(h, _swiglu_hidden(x, mlp), mlp.w2_t)  # h + down(silu(gate) * up)
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
-        last = model.model.norm(h[meta.logit_rows.to(device)])
-        return (F.linear(last, self.lm_head) if self.lm_head is not None else model.lm_head(last)).float()
+        last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows.to(device)])  # (n, D)
+        lm_head = self.lm_head if self.lm_head is not None else model.lm_head.weight  # (V, D)
+        return _product(last, lm_head.t(), transposed=last.shape[0] >= LM_HEAD_TRANSPOSED_MIN_ROWS).float()  # (n, V)
 
     def _attention(
-        self,
-        layer_idx: int,
-        attn: MLA,
-        w: AttentionWeights,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        meta: StepMeta,
+        self, layer_idx: int, attn: MLA, w: AttentionWeights, x: torch.Tensor, cis: torch.Tensor, meta: StepMeta
     ) -> torch.Tensor:
-        """x [N, D] → attention output [N, H*V] (before o_proj); writes the step's latents into the pool."""
+        """x [N, D] (normed) → attention output [N, H*V] (before o_proj); writes the step's latents into the pool."""
         n_tok = x.shape[0]
-        heads, q_dim, r_dim, c_dim = attn.n_heads, attn.nope_dim, attn.rope_dim, attn.kv_lora_rank
-        a = F.linear(x, w.w_a)  # (N, q_split + W)
+        heads, q_dim, c_dim = attn.n_heads, attn.nope_dim, attn.kv_lora_rank
+        a = _product(x, w.w_a_t)  # (N, q_split + W)
         q = a[:, : w.q_split]
-        if w.w_qb is not None:
-            q = F.linear(attn.q_a_layernorm(q), w.w_qb)
-        q = q.view(n_tok, heads, q_dim + r_dim)
-        q_nope, q_pe = q[..., :q_dim], apply_rope(q[..., q_dim:], cos.unsqueeze(1), sin.unsqueeze(1))  # (N,H,Q),(N,H,R)
+        if w.w_qb_t is not None:
+            q = _product(attn.q_a_layernorm(q), w.w_qb_t)
+        q = q.view(n_tok, heads, -1)  # (N, H, Q+R)
+        q_nope, q_pe = q[..., :q_dim], apply_rope_complex(q[..., q_dim:], cis.unsqueeze(1))  # (N,H,Q), (N,H,R)
         c_kv = attn.kv_a_layernorm(a[:, w.q_split : w.q_split + c_dim])
-        k_pe = apply_rope(a[:, w.q_split + c_dim :], cos, sin)
+        k_pe = apply_rope_complex(a[:, w.q_split + c_dim :], cis)
         kv = self.pool.kv[layer_idx]  # (slots, W)
         kv.index_copy_(0, meta.write_slots, torch.cat([c_kv, k_pe], dim=-1).to(kv.dtype))
 
-        out = x.new_empty(n_tok, heads, attn.v_dim)
         nd = meta.num_decode
+        if nd == n_tok:  # a decode-only step: every row attends together
+            assert meta.decode_key_slots is not None
+            return self._absorbed(attn, w, q_nope, q_pe, kv, meta.decode_key_slots, meta.decode_mask).flatten(1)
+        out = x.new_empty(n_tok, heads, attn.v_dim)
         if nd:
             assert meta.decode_key_slots is not None
             out[:nd] = self._absorbed(attn, w, q_nope[:nd], q_pe[:nd], kv, meta.decode_key_slots, meta.decode_mask)
@@ -355,12 +375,12 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Decode rows: q_nope [Bd, H, Q], q_pe [Bd, H, R], keys by slot [Bd, T] → [Bd, H, V]."""
         bd, t_len = key_slots.shape
-        keys = kv.index_select(0, key_slots.flatten()).view(bd, t_len, -1)  # (Bd, T, W)
-        q_latent = torch.bmm(q_nope.transpose(0, 1), w.w_uk).transpose(0, 1)  # (Bd, H, C)
-        query = torch.cat([q_latent, q_pe], dim=-1)  # (Bd, H, W)
-        scores = torch.bmm(query, keys.transpose(1, 2)).float() * attn.softmax_scale  # (Bd, H, T)
+        keys = kv.index_select(0, key_slots.view(-1)).view(bd, t_len, -1)  # (Bd, T, W)
+        q_latent = torch.bmm(q_nope.transpose(0, 1), w.w_uk)  # (H, Bd, C)
+        query = torch.cat([q_latent.transpose(0, 1), q_pe], dim=-1)  # (Bd, H, W)
+        scores = torch.bmm(query, keys.transpose(1, 2)).float().mul_(attn.softmax_scale)  # (Bd, H, T)
         if mask is not None:
-            scores = scores.masked_fill(~mask, MASKED)
+            scores = scores.masked_fill_(~mask, MASKED)
         probs = scores.softmax(dim=-1).to(keys.dtype)
         out_latent = torch.bmm(probs, keys[..., : attn.kv_lora_rank])  # (Bd, H, C)
         return torch.bmm(out_latent.transpose(0, 1), w.w_uv_t).transpose(0, 1)  # (Bd, H, V)
@@ -402,32 +422,63 @@ class ModelRunner:
     # ------------------------------------------------------------------ experts
     @staticmethod
     def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] → routed experts (stacked weights) + shared expert, [N, D]."""
+        """x [N, D] → routed experts (stacked weights) + shared expert, [N, D] in x's dtype."""
         routing = moe.gate(x)
-        inter = w.w2.shape[2]
-        if x.shape[0] <= 2:  # decode: each (token, expert) pair on its own, no sorting
+        n_tok = x.shape[0]
+        if n_tok <= 2:  # decode: each (token, expert) pair on its own, straight from the stacked weights
             out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            for t, (experts, weights) in enumerate(zip(routing.experts.tolist(), routing.weights.tolist())):
-                xt = x[t : t + 1]
-                for e, weight in zip(experts, weights):
-                    gu = F.linear(xt, w.w13[e])  # (1, 2I)
-                    out[t : t + 1].add_(F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2[e]), alpha=weight)
+            experts, weights = routing.experts.tolist(), routing.weights.tolist()
+            for t in range(n_tok):
+                xt, acc = (x, out) if n_tok == 1 else (x[t : t + 1], out[t : t + 1])
+                for e, weight in zip(experts[t], weights[t]):
+                    _accumulate_product(acc, _swiglu_rows(torch.mm(xt, w.w13_t[e])), w.w2_t[e], weight)
         elif HAS_GROUPED_MM:  # one grouped product per projection, whatever the number of experts used
             out = experts_grouped_mm(x, routing, w.w13, w.w2)
         else:
 
             def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:
-                gu = F.linear(rows, w.w13[e])  # (n, 2I)
-                return F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2[e])  # (n, D)
+                return _product(_swiglu_rows(_product(rows, w.w13_t[e])), w.w2_t[e])  # (n, D)
 
             out = dispatch_grouped(x, routing, w.w13.shape[0], run_expert)
         out = out.to(x.dtype)
-        if w.shared is not None:
-            out = out + _swiglu(x, w.shared)
+        if w.shared is not None:  # routed + shared, added in place (out is this call's own tensor)
+            _accumulate_product(out, _swiglu_hidden(x, w.shared), w.shared.w2_t)
         return out
 
 
-def _swiglu(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
-    inter = w.w2.shape[1]
-    gu = F.linear(x, w.w13)  # (N, 2I)
-    return F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.w2)
+def _swiglu_rows(gate_up: torch.Tensor) -> torch.Tensor:
+    """[n, 2I] gate and up projections side by side → silu(gate) * up [n, I]."""
+    inter = gate_up.shape[-1] // 2
+    return F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
+
+
+def _swiglu_hidden(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
+    """x [N, D] → silu(gate(x)) * up(x) [N, I], before the down projection."""
+    return _swiglu_rows(_product(x, w.w13_t))
+
+
+def _transposed(rows: int) -> bool:
+    return TRANSPOSED_ROWS[0] <= rows <= TRANSPOSED_ROWS[1]
+
+
+def _product(x: torch.Tensor, weight_t: torch.Tensor, transposed: bool | None = None) -> torch.Tensor:
+    """x [M, K] · weight_t [K, N] → [M, N] (contiguous), weight_t the transposed view of an output-major weight
+    [N, K]: as `x @ Wᵀ`, or for the row counts of `TRANSPOSED_ROWS` as `(W @ xᵀ)ᵀ` (same products and sums)."""
+    if transposed if transposed is not None else _transposed(x.shape[0]):
+        return torch.mm(weight_t.t(), x.t()).t().contiguous()
+    return torch.mm(x, weight_t)
+
+
+def _add_product(acc: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """acc + x · weight_t as a new tensor [M, N] (one `addmm`, or its transposed form)."""
+    if _transposed(x.shape[0]):
+        return torch.addmm(acc.t(), weight_t.t(), x.t()).t().contiguous()
+    return torch.addmm(acc, x, weight_t)
+
+
+def _accumulate_product(acc: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> None:
+    """acc += alpha * rows · weight_t, in place, accumulating in acc's dtype."""
+    if rows.dtype == acc.dtype and not _transposed(rows.shape[0]):
+        acc.addmm_(rows, weight_t, alpha=alpha)
+    else:
+        acc.add_(_product(rows, weight_t).to(acc.dtype), alpha=alpha)
