@@ -176,7 +176,7 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode measurement")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--skip-hf", action="store_true", help="measure only our engine")
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per measurement (3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
