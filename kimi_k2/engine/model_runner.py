@@ -463,8 +463,11 @@ def _transposed(rows: int) -> bool:
 
 def _product(x: torch.Tensor, weight_t: torch.Tensor, transposed: bool | None = None) -> torch.Tensor:
     """x [M, K] · weight_t [K, N] → [M, N] (contiguous), weight_t the transposed view of an output-major weight
-    [N, K]: as `x @ Wᵀ`, or for the row counts of `TRANSPOSED_ROWS` as `(W @ xᵀ)ᵀ` (same products and sums)."""
-    if transposed if transposed is not None else _transposed(x.shape[0]):
+    [N, K]: as `x @ Wᵀ`, or for the row counts of `TRANSPOSED_ROWS` (or when `transposed`) as `(W @ xᵀ)ᵀ` — the
+    same dot products, each summed in the order MKL's kernel for that form uses."""
+    if transposed is None:
+        transposed = _transposed(x.shape[0])
+    if transposed:
         return torch.mm(weight_t.t(), x.t()).t().contiguous()
     return torch.mm(x, weight_t)
 
