@@ -2,10 +2,11 @@
 `x @ W[in, out]`, and, on the same output-major weight, the transposed product `(W @ xᵀ)ᵀ`.
 
 For the shapes of the `medium` preset's decode products (expert gate+up and down, attention projections,
-lm_head) and 1, 2, 4, 8 and 16 rows (batch-1 decode and batched decode), it multiplies rows by cold weights —
+lm_head) and 1 to 64 rows (batch-1 decode and batched decode), it multiplies rows by cold weights —
 a rotation of distinct matrices larger than the last-level cache, as in a real step where every weight is
 read once — and prints the weight bytes read per second for each form. (MKL picks its kernel and its split
-over threads by shape: for the 32,768-row lm_head with 4-16 rows, `W @ xᵀ` reads faster than `F.linear`.)
+over threads by shape: for 12-32 rows, and for the 32,768-row lm_head from 4 rows, `W @ xᵀ` mostly reads
+faster than `F.linear`.)
 
 Usage:  python bench/gemm_layout.py [--threads N] [--cache-mb 160]
 """
@@ -35,13 +36,13 @@ SHAPES = [
     ("o_proj", 512, 1024),
     ("lm_head", 1024, 32768),
 ]
-ROWS = (1, 2, 4, 8, 16)
+ROWS = (1, 2, 4, 8, 12, 16, 32, 64)
 
 
 FORMS = {  # name → (weight stored output-major?, product)
     "linear": (True, lambda x, w: F.linear(x, w)),
     "x@W": (False, lambda x, w: x @ w),
-    "W@xT": (True, lambda x, w: torch.mm(w, x.t()).t()),
+    "W@xT": (True, lambda x, w: torch.mm(w, x.t()).t().contiguous()),  # as the runner does (model_runner._matmul)
 }
 
 

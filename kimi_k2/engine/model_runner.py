@@ -7,25 +7,28 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   into a padded tensor per layer.
 * fast (default) — the engine's own layer loop over the model's modules on the *packed* tokens `[N, D]` (no
   padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once:
-  kept output-major as the checkpoint stores them (`[out, in]`, `F.linear`: MKL runs the 2-row products of
-  batched decode up to 3× faster this way than as `x @ W[in, out]`, other row counts within ±25%;
-  docs/engine.md has the measurements), `q_a_proj` and `kv_a_proj_with_mqa` fused into one matmul,
-  `gate_proj`/`up_proj` of every MLP fused, routed experts stacked in `[E, 2I, D]` / `[E, D, I]` tensors, and
-  the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut once. Routed experts run per (token,
-  expert) pair for 1-2 tokens; above, through PyTorch's grouped matmul over the stacked weights
-  (`experts_grouped_mm`: two products per layer whatever the number of experts used; batched decode +20% at 16
-  requests), or sorted by expert where torch lacks it. The checkpoint-named modules keep working: their
-  weights become contiguous row-block views into the prepared tensors, so nothing is stored twice. Only
-  sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its prompt computes no
-  logits at all.
-* Few operators per step. A batch-1 decode step is ~150 matrix products and, around them, operators whose
-  dispatch costs more than their arithmetic (3-10 µs each on the benchmark CPU). So the products are
-  `torch.mm` / `addmm` on transposed views prepared once (F.linear's own product without its wrapper
-  operators; the expert views sit in Python lists, so picking expert e is no operator), `o_proj`, the dense
-  down projection and the shared expert add into their destination in the same call (`addmm`), each routed
-  expert's down projection accumulates with `addmm_(alpha=routing weight)`, RoPE is one complex product
-  (`apply_rope_complex`) and RMSNorm one call (`rms_norm`), both bit-identical to the reference formulas.
-  This took the batch-1 step from ~4,000 to ~2,600 ATen operators (the numbers are in docs/engine.md).
+  kept output-major as the checkpoint stores them (`[out, in]`: MKL runs the 2-row products of batched decode
+  faster this way than as `x @ W[in, out]`; docs/engine.md has the measurements), `q_a_proj` and
+  `kv_a_proj_with_mqa` fused into one matmul, `gate_proj`/`up_proj` of every MLP fused, routed experts stacked
+  in `[E, 2I, D]` / `[E, D, I]` tensors, and the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut
+  once. Routed experts run per (token, expert) pair for 1-2 tokens; above, through PyTorch's grouped matmul
+  over the stacked weights (`experts_grouped_mm`: two products per layer whatever the number of experts used;
+  batched decode +20% at 16 requests), or sorted by expert where torch lacks it. The checkpoint-named modules
+  keep working: their weights become contiguous row-block views into the prepared tensors, so nothing is
+  stored twice. Only sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its
+  prompt computes no logits at all.
+
+The fast path keeps the operators per step few. A batch-1 decode step is ~150 matrix products and, around
+them, operators whose dispatch costs more than their arithmetic (3-10 µs each on the benchmark CPU). So the
+products are `torch.mm` / `addmm` on transposed views prepared once (what `F.linear` runs, without its wrapper
+operators; the expert views sit in Python lists, so picking expert e is no operator); `o_proj`, the dense down
+projection and the shared expert add into their destination in the same call (`addmm`); each routed expert's
+down projection accumulates with `addmm_(alpha=routing weight)`; RoPE is one complex product
+(`apply_rope_complex`, equal to the real rotation up to the last bit) and RMSNorm one call (`rms_norm`,
+bit-identical). This took the batch-1 step from ~4,000 to ~2,600 ATen operators (docs/engine.md). For the row
+counts of `TRANSPOSED_ROW_RANGE` (weights with `TRANSPOSED_MIN_INPUTS`+ inputs), and for `lm_head` from
+`LM_HEAD_TRANSPOSED_MIN_ROWS` rows, a product runs as `(W @ xᵀ)ᵀ`, which MKL reads faster there
+(bench/gemm_layout.py).
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
@@ -54,11 +57,14 @@ from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
 NAIVE_PREFILL_MIN_TOKENS = 64
-# Row counts for which a product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ: MKL picks its kernel and its split over the
-# threads by shape, and reads the medium preset's decode weights 1.1-3.6× faster that way for 12-32 rows (16
-# concurrent decodes), while 2-8 rows are mostly faster as x @ Wᵀ and 64+ rows are even (bench/gemm_layout.py,
-# docs/engine.md). lm_head, a [V, D] weight, reads faster transposed from 3 rows on.
-TRANSPOSED_ROWS = (12, 32)
+# When a product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ. MKL picks its kernel and its split over the threads by
+# shape: for 12-32 rows (inclusive; 16 concurrent decodes) it reads the medium preset's weights with 1,024+
+# inputs (q_a + kv_a, gate+up, the dense down projection) 1.1-2.1× faster transposed, those with 256-512 inputs
+# (expert down, q_b, o_proj) mostly slower; 2-8 rows are mostly faster as x @ Wᵀ and 64 rows even or slower
+# (bench/gemm_layout.py, docs/engine.md). lm_head, a [V, D] weight, reads faster transposed from 4 rows on and
+# slower at 2.
+TRANSPOSED_ROW_RANGE = (12, 32)
+TRANSPOSED_MIN_INPUTS = 1024
 LM_HEAD_TRANSPOSED_MIN_ROWS = 3
 PREFILL_ATTENTION = ("auto", "naive", "absorbed")
 
@@ -80,8 +86,8 @@ def _is_plain_linear(module: nn.Module) -> bool:
 
 
 def _fuse_rows(linears: Sequence[nn.Linear]) -> torch.Tensor:
-    """Store the weights of linears that share their input as one tensor [sum(out), in] (checkpoint layout,
-    for `F.linear`) and make each module's weight a contiguous row-block view into it: memory-neutral."""
+    """Store the weights of linears that share their input as one tensor [sum(out), in] (checkpoint layout)
+    and make each module's weight a contiguous row-block view into it: memory-neutral."""
     fused = torch.cat([m.weight.detach() for m in linears], dim=0) if len(linears) > 1 else linears[0].weight.detach()
     offset = 0
     for m in linears:
@@ -93,10 +99,8 @@ def _fuse_rows(linears: Sequence[nn.Linear]) -> torch.Tensor:
 
 @dataclass(slots=True)
 class MLPWeights:
-    w13: torch.Tensor  # (2I, D): gate rows then up rows
-    w2: torch.Tensor  # (D, I)
-    w13_t: torch.Tensor  # (D, 2I): a transposed view of w13, for torch.mm / addmm
-    w2_t: torch.Tensor  # (I, D): a transposed view of w2
+    w13_t: torch.Tensor  # (D, 2I): the transposed view of the fused [gate rows; up rows] weight (2I, D)
+    w2_t: torch.Tensor  # (I, D): the transposed view of down_proj's weight (D, I)
 
 
 @dataclass(slots=True)
@@ -125,8 +129,7 @@ class LayerWeights:
 
 
 def _prepare_mlp(mlp: MLP) -> MLPWeights:
-    w13, w2 = _fuse_rows([mlp.gate_proj, mlp.up_proj]), _fuse_rows([mlp.down_proj])
-    return MLPWeights(w13=w13, w2=w2, w13_t=w13.t(), w2_t=w2.t())
+    return MLPWeights(w13_t=_fuse_rows([mlp.gate_proj, mlp.up_proj]).t(), w2_t=_fuse_rows([mlp.down_proj]).t())
 
 
 def _prepare_moe(moe: MoE) -> MoEWeights:
@@ -325,7 +328,7 @@ class ModelRunner:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows.to(device)])  # (n, D)
         lm_head = self.lm_head if self.lm_head is not None else model.lm_head.weight  # (V, D)
-        return _product(last, lm_head.t(), transposed=last.shape[0] >= LM_HEAD_TRANSPOSED_MIN_ROWS).float()  # (n, V)
+        return _matmul(last, lm_head.t(), transposed=last.shape[0] >= LM_HEAD_TRANSPOSED_MIN_ROWS).float()  # (n, V)
 
     def _attention(
         self, layer_idx: int, attn: MLA, w: AttentionWeights, x: torch.Tensor, cis: torch.Tensor, meta: StepMeta
@@ -457,31 +460,36 @@ def _swiglu_hidden(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
     return _swiglu_rows(_product(x, w.w13_t))
 
 
-def _transposed(rows: int) -> bool:
-    return TRANSPOSED_ROWS[0] <= rows <= TRANSPOSED_ROWS[1]
+def _use_transposed(x: torch.Tensor, weight_t: torch.Tensor) -> bool:
+    """x [M, K], weight_t [K, N]: whether `TRANSPOSED_ROW_RANGE` and `TRANSPOSED_MIN_INPUTS` pick (W @ xᵀ)ᵀ."""
+    return TRANSPOSED_ROW_RANGE[0] <= x.shape[0] <= TRANSPOSED_ROW_RANGE[1] and weight_t.shape[0] >= TRANSPOSED_MIN_INPUTS
 
 
-def _product(x: torch.Tensor, weight_t: torch.Tensor, transposed: bool | None = None) -> torch.Tensor:
+def _matmul(x: torch.Tensor, weight_t: torch.Tensor, transposed: bool) -> torch.Tensor:
     """x [M, K] · weight_t [K, N] → [M, N] (contiguous), weight_t the transposed view of an output-major weight
-    [N, K]: as `x @ Wᵀ`, or for the row counts of `TRANSPOSED_ROWS` (or when `transposed`) as `(W @ xᵀ)ᵀ` — the
-    same dot products, each summed in the order MKL's kernel for that form uses."""
-    if transposed is None:
-        transposed = _transposed(x.shape[0])
+    [N, K]: as `x @ Wᵀ`, or when `transposed` as `(W @ xᵀ)ᵀ` — the same dot products, each summed in the order
+    MKL's kernel for that form uses."""
     if transposed:
         return torch.mm(weight_t.t(), x.t()).t().contiguous()
     return torch.mm(x, weight_t)
 
 
+def _product(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """`_matmul` in the form `_use_transposed` picks for the shapes."""
+    return _matmul(x, weight_t, _use_transposed(x, weight_t))
+
+
 def _add_product(acc: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """acc + x · weight_t as a new tensor [M, N] (one `addmm`, or its transposed form)."""
-    if _transposed(x.shape[0]):
+    """acc + x · weight_t as a new tensor [M, N] (one `addmm`, or its transposed form); acc and x share a dtype
+    (the residual stream and a projection input, both the model's)."""
+    if _use_transposed(x, weight_t):
         return torch.addmm(acc.t(), weight_t.t(), x.t()).t().contiguous()
     return torch.addmm(acc, x, weight_t)
 
 
 def _accumulate_product(acc: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> None:
     """acc += alpha * rows · weight_t, in place, accumulating in acc's dtype."""
-    if rows.dtype == acc.dtype and not _transposed(rows.shape[0]):
+    if rows.dtype == acc.dtype and not _use_transposed(rows, weight_t):
         acc.addmm_(rows, weight_t, alpha=alpha)
     else:
         acc.add_(_product(rows, weight_t).to(acc.dtype), alpha=alpha)

@@ -94,7 +94,9 @@ def apply_rope_complex(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """`apply_rope` as one complex product: an interleaved pair `(x[2i], x[2i+1])` is the complex number
     `x[2i] + i·x[2i+1]`, and rotating it is multiplying by `cis[i]` — the same two products and one sum or
     difference per component, in a handful of operators instead of a dozen (the engine's decode step runs
-    this twice per layer on one row). Bit-identical to `apply_rope` in float32 (tests/test_model.py)."""
+    this twice per layer on one row). Equal to `apply_rope` up to one rounding of each component: where the
+    complex kernel vectorises differently from the real one, a product may be fused with its sum (an FMA),
+    so a value can differ in its last bit (tests/test_model.py)."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (..., R/2, 2)
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
         pairs = pairs.clone()  # view_as_complex needs every complex number aligned to 2 floats (a fresh copy is)
