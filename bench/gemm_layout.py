@@ -5,8 +5,8 @@ For the shapes of the `medium` preset's decode products (expert gate+up and down
 lm_head) and 1 to 64 rows (batch-1 decode and batched decode), it multiplies rows by cold weights —
 a rotation of distinct matrices larger than the last-level cache, as in a real step where every weight is
 read once — and prints the weight bytes read per second for each form. (MKL picks its kernel and its split
-over threads by shape: for 12-32 rows, and for the 32,768-row lm_head from 4 rows, `W @ xᵀ` mostly reads
-faster than `F.linear`.)
+over threads by shape: for 12-32 rows and weights with 1,024+ inputs, and for the 32,768-row lm_head at 4-32
+rows, `W @ xᵀ` mostly reads faster than `F.linear`.)
 
 Usage:  python bench/gemm_layout.py [--threads N] [--cache-mb 160]
 """

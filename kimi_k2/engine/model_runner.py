@@ -26,8 +26,8 @@ projection and the shared expert add into their destination in the same call (`a
 down projection accumulates with `addmm_(alpha=routing weight)`; RoPE is one complex product
 (`apply_rope_complex`, equal to the real rotation up to the last bit) and RMSNorm one call (`rms_norm`,
 bit-identical). This took the batch-1 step from ~4,000 to ~2,600 ATen operators (docs/engine.md). For the row
-counts of `TRANSPOSED_ROW_RANGE` (weights with `TRANSPOSED_MIN_INPUTS`+ inputs), and for `lm_head` from
-`LM_HEAD_TRANSPOSED_MIN_ROWS` rows, a product runs as `(W @ xᵀ)ᵀ`, which MKL reads faster there
+counts of `TRANSPOSED_ROW_RANGE` (weights with `TRANSPOSED_MIN_INPUTS`+ inputs), and for `lm_head` with
+`LM_HEAD_TRANSPOSED_ROW_RANGE` rows, a product runs as `(W @ xᵀ)ᵀ`, which MKL reads faster there
 (bench/gemm_layout.py).
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
@@ -61,11 +61,11 @@ NAIVE_PREFILL_MIN_TOKENS = 64
 # shape: for 12-32 rows (inclusive; 16 concurrent decodes) it reads the medium preset's weights with 1,024+
 # inputs (q_a + kv_a, gate+up, the dense down projection) 1.1-2.1× faster transposed, those with 256-512 inputs
 # (expert down, q_b, o_proj) mostly slower; 2-8 rows are mostly faster as x @ Wᵀ and 64 rows even or slower
-# (bench/gemm_layout.py, docs/engine.md). lm_head, a [V, D] weight, reads faster transposed from 4 rows on and
-# slower at 2.
+# (bench/gemm_layout.py, docs/engine.md). lm_head, a [V, D] weight, reads faster transposed for 4-32 rows and
+# slower at 2 and 64.
 TRANSPOSED_ROW_RANGE = (12, 32)
 TRANSPOSED_MIN_INPUTS = 1024
-LM_HEAD_TRANSPOSED_MIN_ROWS = 3
+LM_HEAD_TRANSPOSED_ROW_RANGE = (3, 32)
 PREFILL_ATTENTION = ("auto", "naive", "absorbed")
 
 
@@ -328,7 +328,8 @@ class ModelRunner:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows.to(device)])  # (n, D)
         lm_head = self.lm_head if self.lm_head is not None else model.lm_head.weight  # (V, D)
-        return _matmul(last, lm_head.t(), transposed=last.shape[0] >= LM_HEAD_TRANSPOSED_MIN_ROWS).float()  # (n, V)
+        low, high = LM_HEAD_TRANSPOSED_ROW_RANGE
+        return _matmul(last, lm_head.t(), transposed=low <= last.shape[0] <= high).float()  # (n, V)
 
     def _attention(
         self, layer_idx: int, attn: MLA, w: AttentionWeights, x: torch.Tensor, cis: torch.Tensor, meta: StepMeta
