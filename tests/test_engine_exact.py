@@ -249,3 +249,16 @@ def test_product_forms_agree_with_plain_linear(rows):
     assert summed.is_contiguous() and torch.allclose(summed, acc + expected, atol=1e-4)
     _accumulate_product(acc, x, weight.t(), alpha=0.5)
     assert torch.allclose(acc, summed - 0.5 * expected, atol=1e-4)
+
+
+def test_step_meta_moves_every_tensor_to_the_pool_device():
+    """The runner builds a step's indices on the CPU and moves them to the pool's device in one place."""
+    from kimi_k2.engine.model_runner import build_meta
+
+    chunks = [StepChunk([5], 3, [0], True), StepChunk([1, 2], 0, [1], True), StepChunk([7, 8, 9], 2, [2], False)]
+    meta = build_meta(chunks, 4)
+    assert meta.to(torch.device("cpu")) is meta
+    moved = meta.to(torch.device("meta"))
+    tensors = [moved.input_ids, moved.positions, moved.write_slots, moved.decode_key_slots, moved.logit_rows]
+    tensors += [t for _, _, slots, mask in moved.prefills for t in (slots, mask) if t is not None]
+    assert all(t.device.type == "meta" for t in tensors) and len(moved.prefills) == 2

@@ -189,6 +189,27 @@ class StepMeta:
     all_rows_sampled: bool  # logit_rows is every packed row in order (a decode-only step): no gather needed
     order: list[int]  # chunk index of each packed row group (decodes first)
 
+    def to(self, device: torch.device) -> StepMeta:
+        """The same step with its tensors on `device` (the pool's); itself when they are there already."""
+        if self.input_ids.device == device:
+            return self
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return StepMeta(
+            input_ids=self.input_ids.to(device),
+            positions=self.positions.to(device),
+            write_slots=self.write_slots.to(device),
+            num_decode=self.num_decode,
+            decode_key_slots=move(self.decode_key_slots),
+            decode_mask=move(self.decode_mask),
+            prefills=[(offset, n, slots.to(device), move(mask)) for offset, n, slots, mask in self.prefills],
+            logit_rows=self.logit_rows.to(device),
+            all_rows_sampled=self.all_rows_sampled,
+            order=self.order,
+        )
+
 
 def _slots(table: torch.Tensor, block_size: int, length: int) -> torch.Tensor:
     """Slots of positions 0..length-1 from a block table [n_blocks]."""
@@ -285,7 +306,7 @@ class ModelRunner:
     def execute(self, chunks: Sequence[StepChunk]) -> torch.Tensor:
         if self.mode == "reference":
             return self._execute_reference(chunks)
-        meta = build_meta(chunks, self.pool.block_size)
+        meta = build_meta(chunks, self.pool.block_size).to(self.pool.kv.device)
         logits = self._forward(meta)
         # logit rows come in packed order (decodes first); put them back in chunk order
         packed_order = [i for i in meta.order if chunks[i].wants_logits]
@@ -311,10 +332,8 @@ class ModelRunner:
     # ------------------------------------------------------------------ fast
     def _forward(self, meta: StepMeta) -> torch.Tensor:
         model = self.model
-        device = self.pool.kv.device
-        ids, positions = meta.input_ids.to(device), meta.positions.to(device)
-        h = model.model.embed_tokens(ids)  # (N, D)
-        cis = rope_cis(*model.rope(positions))  # (N, R/2) complex
+        h = model.model.embed_tokens(meta.input_ids)  # (N, D)
+        cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             attended = self._attention(layer_idx, layer.self_attn, weights.attention, layer.input_layernorm(h), cis, meta)
             h = _add_product(h, attended, weights.attention.w_o_t)  # h + o_proj(attended)  (N, D)
@@ -326,7 +345,7 @@ class ModelRunner:
                 h = _add_product(h, _swiglu_hidden(x, mlp), mlp.w2_t)  # h + down(silu(gate) * up)
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
-        last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows.to(device)])  # (n, D)
+        last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
         lm_head = self.lm_head if self.lm_head is not None else model.lm_head.weight  # (V, D)
         low, high = LM_HEAD_TRANSPOSED_ROW_RANGE
         return _matmul(last, lm_head.t(), transposed=low <= last.shape[0] <= high).float()  # (n, V)
