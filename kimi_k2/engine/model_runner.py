@@ -44,7 +44,7 @@ R rope dim, W = C + R, Q = qk_nope_head_dim, V v_head_dim, E experts, I expert w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -197,17 +197,15 @@ class StepMeta:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return StepMeta(
+        return replace(
+            self,
             input_ids=self.input_ids.to(device),
             positions=self.positions.to(device),
             write_slots=self.write_slots.to(device),
-            num_decode=self.num_decode,
             decode_key_slots=move(self.decode_key_slots),
             decode_mask=move(self.decode_mask),
             prefills=[(offset, n, slots.to(device), move(mask)) for offset, n, slots, mask in self.prefills],
             logit_rows=self.logit_rows.to(device),
-            all_rows_sampled=self.all_rows_sampled,
-            order=self.order,
         )
 
 
