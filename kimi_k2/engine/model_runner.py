@@ -52,7 +52,7 @@ from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.model.attention import MASKED, MLA
-from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm
+from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm, swiglu_rows
 from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
@@ -452,13 +452,13 @@ class ModelRunner:
             for t in range(n_tok):
                 xt, acc = (x, out) if n_tok == 1 else (x[t : t + 1], out[t : t + 1])
                 for e, weight in zip(experts[t], weights[t]):
-                    _accumulate_product(acc, _swiglu_rows(torch.mm(xt, w.w13_t[e])), w.w2_t[e], weight)
+                    _accumulate_product(acc, swiglu_rows(torch.mm(xt, w.w13_t[e])), w.w2_t[e], weight)
         elif HAS_GROUPED_MM:  # one grouped product per projection, whatever the number of experts used
             out = experts_grouped_mm(x, routing, w.w13, w.w2)
         else:
 
             def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:
-                return _product(_swiglu_rows(_product(rows, w.w13_t[e])), w.w2_t[e])  # (n, D)
+                return _product(swiglu_rows(_product(rows, w.w13_t[e])), w.w2_t[e])  # (n, D)
 
             out = dispatch_grouped(x, routing, w.w13.shape[0], run_expert)
         out = out.to(x.dtype)
@@ -467,15 +467,9 @@ class ModelRunner:
         return out
 
 
-def _swiglu_rows(gate_up: torch.Tensor) -> torch.Tensor:
-    """[n, 2I] gate and up projections side by side → silu(gate) * up [n, I]."""
-    inter = gate_up.shape[-1] // 2
-    return F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
-
-
 def _swiglu_hidden(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
     """x [N, D] → silu(gate(x)) * up(x) [N, I], before the down projection."""
-    return _swiglu_rows(_product(x, w.w13_t))
+    return swiglu_rows(_product(x, w.w13_t))
 
 
 def _use_transposed(x: torch.Tensor, weight_t: torch.Tensor) -> bool:

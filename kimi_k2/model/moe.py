@@ -39,6 +39,12 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def swiglu_rows(gate_up: torch.Tensor) -> torch.Tensor:
+    """[n, 2I] gate and up projections side by side (a fused gate+up weight's output) → silu(gate) * up [n, I]."""
+    inter = gate_up.shape[-1] // 2
+    return F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
+
+
 @dataclass(frozen=True, slots=True)
 class Routing:
     weights: torch.Tensor  # (T, K) float32, normalised and scaled
@@ -152,11 +158,10 @@ def experts_grouped_mm(x: torch.Tensor, routing: Routing, w13: torch.Tensor, w2:
     read. A handful of operators whatever the number of experts used. Returns the routing-weighted sum [T, D] in
     float32, as `dispatch_grouped` does.
     """
-    inter = w2.shape[2]
     sorted_ = sort_assignments(routing, w13.shape[0])
     ends = torch.cumsum(sorted_.counts, 0).to(torch.int32)  # (E,) where each expert's rows end
     gate_up = F.grouped_mm(x[sorted_.tokens], w13.transpose(1, 2), offs=ends)  # (T*K, 2I)
-    hidden = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    hidden = swiglu_rows(gate_up)  # (T*K, I)
     rows = F.grouped_mm(hidden, w2.transpose(1, 2), offs=ends)  # (T*K, D)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     return out.index_add_(0, sorted_.tokens, rows.float() * sorted_.weights)
