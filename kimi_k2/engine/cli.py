@@ -13,6 +13,9 @@ import argparse
 import sys
 from typing import Any
 
+# kimi_k2.checkpoint.loader.WEIGHT_FORMATS, spelled here so `--help` imports no torch; serve uses the same list.
+WEIGHT_CHOICES = ("auto", "dequantize", "fp8", "int4")
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (HF layout; default: the built-in nano K2 demo model)")
@@ -25,6 +28,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="fix the sampling seed")
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                        help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert "
+                        "them to --dtype on load; fp8 / int4: quantize on load")
     parser.add_argument("--kv-cache-memory", type=float, help="KV cache budget in GiB (default: what max-num-seqs full-context sequences need, at most 1/5 of free RAM and 4 GiB)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
@@ -73,7 +79,7 @@ def _load(args: argparse.Namespace) -> Any:
         kwargs["kv_cache_memory"] = int(args.kv_cache_memory * 2**30)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    return LLM(args.model, dtype=dtype, num_threads=args.threads, **kwargs)
+    return LLM(args.model, dtype=dtype, weights=args.weights, num_threads=args.threads, **kwargs)
 
 
 def _parse_ids(text: str) -> list[int]:

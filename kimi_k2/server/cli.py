@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kimi_k2.engine.cli import WEIGHT_CHOICES
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "k": 2**10, "m": 2**20, "g": 2**30}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -38,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-memory", type=parse_bytes, default=None, metavar="SIZE",
                    help="KV cache budget, e.g. 2GiB (default: a fifth of available memory, at most 4 GiB)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and KV cache dtype")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                   help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert them "
+                   "to --dtype on load; fp8 / int4: quantize on load")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens per engine step (prefill chunking)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -71,6 +76,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     llm = LLM(
         model_dir,
         dtype=getattr(torch, args.dtype),
+        weights=args.weights,
         num_threads=args.threads,
         kv_cache_memory=args.kv_memory,
         max_model_len=args.max_model_len,
