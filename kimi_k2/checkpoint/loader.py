@@ -79,11 +79,14 @@ def load_model(
     attention: str = "naive",
     experts: str = "grouped",
     weights: str = "dequantize",
+    mmap: bool = False,
 ) -> KimiK2ForCausalLM:
     """Load `config.json` and the safetensors weights of a checkpoint directory.
 
     Float weights are converted to `dtype` (the compute dtype of quantized layers too); the router's
-    `e_score_correction_bias` stays float32. Raises CheckpointError (a ValueError) listing every problem found
+    `e_score_correction_bias` stays float32. With `mmap=True`, every tensor used as stored (FP8 / INT4 kept,
+    float tensors already in `dtype`) is a view into the memory-mapped shard instead of a copy in RAM: loading
+    reads no weight bytes, the OS page cache holds the weights a run touches, and a model larger than RAM runs. Raises CheckpointError (a ValueError) listing every problem found
     in the files before any weight is read.
     """
     root = Path(path)
@@ -97,7 +100,7 @@ def load_model(
     quantize_linears(model, target, dtype)
 
     state: dict[str, torch.Tensor] = {}
-    with CheckpointReader(report) as reader:
+    with CheckpointReader(report, mmap=mmap) as reader:
         params = model_inventory(cfg)
         # Read in file order (shard, then offset) so the disk sees sequential reads and the bar moves by shard.
         shard_order = {shard: i for i, shard in enumerate(report.shards)}

@@ -52,7 +52,9 @@ class LLM:
     `model`: a checkpoint directory (HF layout) or a `KimiK2ForCausalLM`. `weights`: what a checkpoint's
     linear layers become (`load_model`'s choice): "auto" (default) keeps FP8 and INT4 checkpoints in their stored
     format, run by the kernels that read it; "dequantize" converts them to `dtype` on load; "fp8" / "int4"
-    quantize. `tokenizer`: a tokenizer object, a
+    quantize. `mmap` (default True): tensors used as stored are views into the memory-mapped checkpoint files
+    (zero copy; a start takes seconds and the page cache holds the experts); False reads them into RAM.
+    `tokenizer`: a tokenizer object, a
     directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
     `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
     The other keywords are `EngineCore`'s.
@@ -65,6 +67,7 @@ class LLM:
         tokenizer: Any = None,
         dtype: torch.dtype = torch.float32,
         weights: str = "auto",
+        mmap: bool = True,
         num_threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
@@ -80,7 +83,7 @@ class LLM:
                 raise FileNotFoundError(f"checkpoint directory not found: {source}")
             from kimi_k2.checkpoint.loader import load_model
 
-            self.model = load_model(source, dtype=dtype, weights=weights)
+            self.model = load_model(source, dtype=dtype, weights=weights, mmap=mmap)
             generation_config = read_generation_config(source)
         if isinstance(tokenizer, (str, Path)):
             tokenizer_dir = tokenizer

@@ -158,8 +158,10 @@ def _stack_experts(experts: list[MLP]) -> StackedExperts:
 
 def _prepare_moe(moe: MoE, dtype: torch.dtype) -> MoEWeights:
     experts = list(moe.experts)
-    dense = all(_is_plain_linear(m) and m.weight.dtype == dtype for e in experts for m in (e.gate_proj, e.up_proj, e.down_proj))
-    stacked = _stack_experts(experts) if dense else None
+    # fp32 experts are stacked (a copy) for batched steps' grouped matmul; bf16 and quantized experts stay where
+    # they are (possibly memory-mapped) and run through the kernels, expert by expert.
+    fp32 = all(_is_plain_linear(m) and m.weight.dtype == dtype == torch.float32 for e in experts for m in (e.gate_proj, e.up_proj, e.down_proj))
+    stacked = _stack_experts(experts) if fp32 else None
     bank = ExpertBank(
         gate=[weight_of(e.gate_proj) for e in experts],
         up=[weight_of(e.up_proj) for e in experts],
