@@ -2,16 +2,18 @@
 // 128x128 block) and INT4 group-32 (compressed-tensors pack-quantized: int32 words of 8 nibbles, bf16 scale per
 // 32 inputs). out[m, o] (+)= alpha * sum_i x[m, i] * W[o, i], x and out float32.
 //
-// The weight is decoded in registers (never dequantized to memory) and each scale block's partial sum is
-// multiplied by its scale once: y = sum_blocks scale_b * sum_{i in b} q_i x_i. The pure-torch reference of the
-// same arithmetic is kimi_k2/kernels/reference.py; tests/test_kernels.py checks that they agree.
+// The weight is decoded in registers (never dequantized to memory). FP8: each 128-input block's partial sum is
+// multiplied by its scale once, y = sum_b scale_b * sum_{i in b} q_i x_i; INT4: each decoded value is scaled
+// (exactly) before its product. kimi_k2/kernels/reference.py has the same sums in torch; tests/test_kernels.py
+// checks that they agree to float32 rounding (only the order of the additions differs).
 //
 // Decoding, per 8 inputs (AVX2 + FMA + F16C):
 //   bf16  widen u16 -> u32, shift left 16: the float32 with the same top bits (exact).
-//   fp8   e4m3fn byte s.eeee.mmm -> the fp16 bits s.0eeee.mmm0000000 (sign to bit 15, the rest shifted left by 7),
-//         then F16C to float32: the value divided by 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals
-//         included; the 2^8 is folded into the block scale, so the decoded product is exact.
-//   int4  broadcast the word, shift lane j right by 4j, mask the nibble, subtract 8, convert.
+//   fp8   16 at a time: e4m3fn byte s.eeee.mmm -> the fp16 bits s.0eeee.mmm0000000, then F16C to float32: the
+//         value divided by 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals included; the 2^8 is folded
+//         into the block scale, so the decoded product is exact.
+//   int4  a group of 32 at a time: each nibble u becomes the fp16 1024 + u, converted by F16C, then one fused
+//         multiply-subtract gives (u - 8) * scale exactly; the group's scale is applied there, not at the end.
 // Threads split the output rows (at::parallel_for, so torch.set_num_threads applies); rows of x are taken four
 // at a time so a decoded weight vector serves up to four rows.
 //
@@ -19,8 +21,14 @@
 // (possibly views into memory-mapped safetensors files), which lets an expert bank be a table of addresses
 // instead of a stacked copy.
 
+#ifndef K2_STANDALONE  // K2_STANDALONE: the kernels alone, for a C++ microbenchmark without torch
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#else
+#include <stdexcept>
+#define TORCH_CHECK(cond, ...) \
+  if (!(cond)) throw std::runtime_error("kimi_k2 kernels: check failed")
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -103,25 +111,42 @@ inline float block_scale(const Weight& w, int64_t o, int64_t b) {
 }
 
 #if K2_AVX2
-// Eight stored values starting at input i (a multiple of 8), as float32 (fp8: value / 256).
+// Eight stored values starting at input i (a multiple of 8), as float32: fp32 and bf16 (exact).
 template <int64_t FMT>
 inline __m256 decode8(const uint8_t* row, int64_t i) {
   if constexpr (FMT == F32) {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
-  } else if constexpr (FMT == BF16) {
+  } else {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-  } else if constexpr (FMT == FP8) {
-    const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i)));
-    const __m128i magnitude = _mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x7F)), 7);
-    const __m128i sign = _mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x80)), 8);
-    return _mm256_cvtph_ps(_mm_or_si128(magnitude, sign));
-  } else {
-    const __m256i word = _mm256_set1_epi32(reinterpret_cast<const int32_t*>(row)[i >> 3]);
-    const __m256i nibble =
-        _mm256_and_si256(_mm256_srlv_epi32(word, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)), _mm256_set1_epi32(0xF));
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(nibble, _mm256_set1_epi32(8)));
   }
+}
+
+// Sixteen fp8 values starting at input i, divided by 2^8 (exact): byte b -> u16 b << 7 puts the sign at bit 14 and
+// exponent.mantissa at bits 13..7; adding bit 14 to itself moves the sign to bit 15: the fp16 s.0eeee.mmm0000000.
+inline void decode16_fp8(const uint8_t* row, int64_t i, __m256& low, __m256& high) {
+  __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i))), 7);
+  h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+  low = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  high = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+// One INT4 group of 32 inputs (16 bytes: byte j holds input 2j in its low nibble, 2j+1 in its high one), scaled:
+// v[k] = inputs 8k..8k+7 times `scale`. A nibble u becomes the fp16 1024 + u (bits 0x6400 | u), and
+// (1024 + u) * scale - 1032 * scale = (u - 8) * scale is exact in one fused multiply-subtract (the operands need
+// 19 and 16 significant bits).
+inline void decode32_int4(const uint8_t* bytes, float scale, __m256 v[4]) {
+  const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  const __m256i bias = _mm256_set1_epi16(0x6400);
+  const __m256i lo = _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(0xF)), bias);
+  const __m256i hi = _mm256_or_si256(_mm256_srli_epi16(w, 4), bias);
+  const __m256i p = _mm256_unpacklo_epi16(lo, hi);  // inputs [0..7 | 16..23]
+  const __m256i q = _mm256_unpackhi_epi16(lo, hi);  // inputs [8..15 | 24..31]
+  const __m256 s = _mm256_set1_ps(scale), offset = _mm256_set1_ps(1032.0f * scale);
+  v[0] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(p)), s, offset);
+  v[1] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(q)), s, offset);
+  v[2] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(p, 1)), s, offset);
+  v[3] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(q, 1)), s, offset);
 }
 
 inline float hsum(__m256 v) {
@@ -131,15 +156,62 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Rows [o0, o1) of W against MB rows of x: MB x (independent FMA chains of 8 inputs).
+inline void store_rows(int mb, const __m256* acc, const float* tail, float* out, int64_t ldo, int64_t o, float alpha,
+                       bool accumulate) {
+  for (int m = 0; m < mb; ++m) {
+    const float y = alpha * (hsum(acc[m]) + tail[m]);
+    float& dst = out[m * ldo + o];
+    dst = accumulate ? dst + y : y;
+  }
+}
+
+// Rows [o0, o1) of an fp32 / bf16 W against MB rows of x; U independent FMA chains per row of x.
 template <int64_t FMT, int MB>
-void rows_kernel(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
-                 float alpha, bool accumulate) {
-  constexpr int U = MB == 1 ? 4 : 2;  // FMA chains per row of x
-  const float decode_factor = FMT == FP8 ? 256.0f : 1.0f;
-  const int64_t stride = row_bytes(w), cols = w.cols, span = w.block_cols;
+void rows_dense(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+                float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;
+  const int64_t stride = row_bytes(w), cols = w.cols;
   for (int64_t o = o0; o < o1; ++o) {
     const uint8_t* row = w.data + o * stride;
+    __m256 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 * U <= cols; i += 8 * U) {
+      __m256 wv[U];
+      for (int u = 0; u < U; ++u) wv[u] = decode8<FMT>(row, i + 8 * u);
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * ldx + i + 8 * u), acc[m][u]);
+    }
+    for (; i + 8 <= cols; i += 8) {
+      const __m256 wv = decode8<FMT>(row, i);
+      for (int m = 0; m < MB; ++m) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * ldx + i), acc[m][0]);
+    }
+    __m256 total[MB];
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) {
+      total[m] = acc[m][0];
+      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
+      tail[m] = 0.0f;
+    }
+    for (; i < cols; ++i) {
+      const float v = scalar_value(w, row, i);
+      for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+    }
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+// Rows [o0, o1) of a block-FP8 W: each 128-input block's partial sums times its scale (x 2^8, see decode16_fp8).
+template <int MB>
+void rows_fp8(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+              float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;  // chains; a step decodes 16 inputs into two vectors
+  const int64_t cols = w.cols, span = w.block_cols;
+  const float* scales = reinterpret_cast<const float*>(w.scale);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * cols;
+    const float* row_scales = scales + (o / w.block_rows) * w.scale_ld;
     __m256 total[MB];
     float tail[MB];
     for (int m = 0; m < MB; ++m) total[m] = _mm256_setzero_ps(), tail[m] = 0.0f;
@@ -151,31 +223,78 @@ void rows_kernel(const Weight& w, const float* x, int64_t ldx, float* out, int64
       int64_t i = s0;
       for (; i + 8 * U <= s1; i += 8 * U) {
         __m256 wv[U];
-        for (int u = 0; u < U; ++u) wv[u] = decode8<FMT>(row, i + 8 * u);
+        for (int u = 0; u < U; u += 2) decode16_fp8(row, i + 8 * u, wv[u], wv[u + 1]);
         for (int m = 0; m < MB; ++m)
           for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * ldx + i + 8 * u), acc[m][u]);
       }
-      for (; i + 8 <= s1; i += 8) {
-        const __m256 wv = decode8<FMT>(row, i);
-        for (int m = 0; m < MB; ++m) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * ldx + i), acc[m][0]);
+      for (; i + 16 <= s1; i += 16) {
+        __m256 lo, hi;
+        decode16_fp8(row, i, lo, hi);
+        for (int m = 0; m < MB; ++m) {
+          acc[m][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + m * ldx + i), acc[m][0]);
+          acc[m][1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + m * ldx + i + 8), acc[m][1]);
+        }
       }
-      const float scale = block_scale(w, o, b);
-      const __m256 sv = _mm256_set1_ps(scale * decode_factor);
+      const float scale = row_scales[b];
+      const __m256 sv = _mm256_set1_ps(scale * 256.0f);
       for (int m = 0; m < MB; ++m) {
         __m256 sum = acc[m][0];
         for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[m][u]);
         total[m] = _mm256_fmadd_ps(sum, sv, total[m]);
       }
-      for (; i < s1; ++i) {  // inputs past the last full 8 of a block (odd shapes only)
-        const float v = scalar_value(w, row, i) * scale;
+      for (; i < s1; ++i) {  // inputs past the last full 16 of a block (odd shapes only)
+        const float v = fp8_table[row[i]] * scale;
         for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
       }
     }
-    for (int m = 0; m < MB; ++m) {
-      const float y = alpha * (hsum(total[m]) + tail[m]);
-      float& dst = out[m * ldo + o];
-      dst = accumulate ? dst + y : y;
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+// Rows [o0, o1) of an INT4 W, group by group (decode32_int4 applies each group's scale).
+template <int MB>
+void rows_int4(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+               float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;
+  const int64_t cols = w.cols, stride = row_bytes(w), group = w.block_cols;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scale);
+  const bool vector_groups = group == 32;
+  const int64_t full = vector_groups ? cols / 32 * 32 : 0;  // inputs covered by whole groups of 32
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    const uint16_t* row_scales = scales + o * w.scale_ld;
+    __m256 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < full; i += 32) {
+      __m256 v[4];
+      decode32_int4(row + i / 2, bf16_to_float(row_scales[i / 32]), v);
+      for (int m = 0; m < MB; ++m)
+        for (int k = 0; k < 4; ++k) acc[m][k % U] = _mm256_fmadd_ps(v[k], _mm256_loadu_ps(x + m * ldx + i + 8 * k), acc[m][k % U]);
     }
+    __m256 total[MB];
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) {
+      total[m] = acc[m][0];
+      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
+      tail[m] = 0.0f;
+    }
+    for (int64_t i = full; i < cols; ++i) {  // a last partial group (or groups other than 32)
+      const float v = scalar_value(w, row, i) * bf16_to_float(row_scales[i / group]);
+      for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+    }
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+template <int MB>
+void rows_simd(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+               float alpha, bool accumulate) {
+  switch (w.fmt) {
+    case F32: return rows_dense<F32, MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    case BF16: return rows_dense<BF16, MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    case FP8: return rows_fp8<MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    default: return rows_int4<MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
   }
 }
 #endif
@@ -199,21 +318,6 @@ void rows_scalar(const Weight& w, const float* x, int64_t ldx, int mb, float* ou
   }
 }
 
-template <int64_t FMT>
-void rows_dispatch_mb(const Weight& w, const float* x, int64_t ldx, int mb, float* out, int64_t ldo, int64_t o0,
-                      int64_t o1, float alpha, bool accumulate) {
-#if K2_AVX2
-  switch (mb) {
-    case 1: return rows_kernel<FMT, 1>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
-    case 2: return rows_kernel<FMT, 2>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
-    case 3: return rows_kernel<FMT, 3>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
-    default: return rows_kernel<FMT, 4>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
-  }
-#else
-  rows_scalar(w, x, ldx, mb, out, ldo, o0, o1, alpha, accumulate);
-#endif
-}
-
 // Rows [o0, o1) of W for all M rows of x, four rows of x at a time.
 void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* out, int64_t ldo, int64_t o0,
           int64_t o1, float alpha, bool accumulate) {
@@ -221,12 +325,16 @@ void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* o
     const int mb = static_cast<int>(std::min<int64_t>(4, m_rows - m));
     const float* xm = x + m * ldx;
     float* om = out + m * ldo;
-    switch (w.fmt) {
-      case F32: rows_dispatch_mb<F32>(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate); break;
-      case BF16: rows_dispatch_mb<BF16>(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate); break;
-      case FP8: rows_dispatch_mb<FP8>(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate); break;
-      default: rows_dispatch_mb<INT4>(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate); break;
+#if K2_AVX2
+    switch (mb) {
+      case 1: rows_simd<1>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      case 2: rows_simd<2>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      case 3: rows_simd<3>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      default: rows_simd<4>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
     }
+#else
+    rows_scalar(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate);
+#endif
   }
 }
 
@@ -246,6 +354,7 @@ Weight make_weight(int64_t fmt, int64_t data, int64_t scale, int64_t rows_, int6
   return w;
 }
 
+#ifndef K2_STANDALONE
 void check_rows(const at::Tensor& t, const char* what, int64_t width) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "kimi_k2 kernels: ", what, " must be a float32 CPU tensor");
   TORCH_CHECK(t.dim() == 2 && t.size(1) == width && t.stride(1) == 1, "kimi_k2 kernels: ", what, " must be [rows, ", width,
@@ -334,8 +443,10 @@ void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor
 }
 
 bool has_avx2() { return K2_AVX2 != 0; }
+#endif
 
 }  // namespace
+#ifndef K2_STANDALONE
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   init_fp8_table();
@@ -343,3 +454,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("experts", &experts, "routed experts of a few tokens: out += sum_k w_k down_e(silu(gate_e x) * up_e x)");
   m.def("has_avx2", &has_avx2, "whether the build has the AVX2/FMA/F16C kernels (else scalar)");
 }
+#endif
