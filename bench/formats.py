@@ -35,13 +35,16 @@ from kimi_k2.engine.llm import LLM  # noqa: E402
 from kimi_k2.model.transformer import random_model  # noqa: E402
 
 # (label, checkpoint format, compute dtype)
+# Weights are loaded as stored (`LLM`'s default): a bf16 checkpoint's Linear weights stay bf16 under float32
+# activations; "bf16-all" converts everything to bf16 (bf16 activations too).
 FORMATS = [
     ("fp32", "fp32", torch.float32),
-    ("bf16", "bf16", torch.bfloat16),
-    ("FP8 kept", "fp8", torch.bfloat16),
-    ("INT4 kept", "int4", torch.bfloat16),
+    ("bf16", "bf16", torch.float32),
+    ("bf16-all", "bf16", torch.bfloat16),
+    ("FP8 kept", "fp8", torch.float32),
+    ("INT4 kept", "int4", torch.float32),
 ]
-GGUF = {"fp32": "F32", "bf16": "F16", "FP8 kept": "Q8_0", "INT4 kept": "Q4_0"}
+GGUF = {"fp32": "F32", "bf16": "F16", "bf16-all": "F16", "FP8 kept": "Q8_0", "INT4 kept": "Q4_0"}
 
 
 def read_probe(megabytes: int = 1024) -> float:

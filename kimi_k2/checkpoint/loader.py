@@ -10,7 +10,9 @@ memory is the finished model plus one parameter in flight (plus its dequantizati
   "dequantize" (default) every Linear dense in `dtype` (FP8 / INT4 checkpoints are dequantized on load)
   "fp8"        block-FP8 storage, dequantized on the fly (bf16 checkpoints are quantized on load)
   "int4"       routed experts int4 (K2-Thinking's scheme or the checkpoint's own ignore list), the rest dense
-  "auto"       whatever the checkpoint stores
+  "auto"       every Linear weight as the checkpoint stores it: FP8 and INT4 kept, a bf16 (or fp32) Linear weight
+               in that dtype whatever `dtype` is (the product widens it exactly: `Linear`, `kimi_k2.kernels`);
+               embeddings, norms and the router in `dtype`
 Tensors the model does not use (`rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a one-line
 notice on the `kimi_k2` logger.
 """
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from kimi_k2.checkpoint.scheme import DEFAULT_SCHEMES, NO_QUANT, QuantScheme
 from kimi_k2.checkpoint.sources import CheckpointReader, materialize
-from kimi_k2.checkpoint.validate import check_checkpoint, ignored_reason, model_inventory
+from kimi_k2.checkpoint.validate import ParamSpec, check_checkpoint, ignored_reason, model_inventory
 from kimi_k2.config import ModelConfig
 from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.transformer import KimiK2ForCausalLM, build_model
@@ -99,6 +101,14 @@ def load_model(
     model = build_model(cfg, device="meta", dtype=dtype, attention=attention, experts=experts)
     quantize_linears(model, target, dtype)
 
+    def dense_dtype(p: ParamSpec, reader: CheckpointReader) -> torch.dtype:
+        """`dtype`, except that "auto" keeps a Linear weight stored unquantized in a float dtype in that dtype."""
+        if weights == "auto" and p.linear is not None and not report.scheme.quantizes(p.linear):
+            stored = reader.info(p.name).torch_dtype
+            if stored.is_floating_point and stored.itemsize >= 2:
+                return stored
+        return dtype
+
     state: dict[str, torch.Tensor] = {}
     with CheckpointReader(report, mmap=mmap) as reader:
         params = model_inventory(cfg)
@@ -119,7 +129,7 @@ def load_model(
                 names = reader.source_names(p)
                 shard = report.weight_map[names[0]]
                 bar.set_postfix_str(f"shard {shard_order[shard] + 1}/{len(shard_order)} {shard.name}", refresh=False)
-                for name, tensor in materialize(p, reader, target, dtype).items():
+                for name, tensor in materialize(p, reader, target, dense_dtype(p, reader)).items():
                     state[name] = tensor.to(device)
                 bar.update(sum(reader.info(n).nbytes for n in names))
     model.load_state_dict(state, assign=True, strict=True)

@@ -53,6 +53,7 @@ from torch import nn
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.kernels.weight import ConcatWeight, ExpertBank, Weight, concat, weight_of
 from kimi_k2.model.attention import MASKED, MLA
+from kimi_k2.model.linear import Linear
 from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm, swiglu_rows
 from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.rope import apply_rope_complex, rope_cis
@@ -75,8 +76,9 @@ class StepChunk:
 
 # ---------------------------------------------------------------------- weight preparation
 def _is_plain_linear(module: nn.Module) -> bool:
-    """An nn.Linear (or subclass) whose forward is nn.Linear's: `F.linear(x, weight, bias)`."""
-    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+    """An nn.Linear (or subclass) whose forward is nn.Linear's or ours (`Linear`: the same, widening a weight stored
+    in another float dtype)."""
+    return isinstance(module, nn.Linear) and type(module).forward in (nn.Linear.forward, Linear.forward)
 
 
 def _concat_rows(linears: Sequence[nn.Module]) -> AnyWeight:
@@ -85,7 +87,7 @@ def _concat_rows(linears: Sequence[nn.Module]) -> AnyWeight:
     Plain Linears are stored as one tensor [ΣO, I] (checkpoint layout), each module's weight becoming a
     contiguous row-block view into it (memory-neutral): one MKL product for the prefill path. Weights kept in a
     quantized format stay where they are (a `ConcatWeight` runs them one after the other, nothing copied)."""
-    if not all(_is_plain_linear(m) for m in linears):
+    if not all(_is_plain_linear(m) for m in linears) or len({m.weight.dtype for m in linears}) > 1:
         return concat([weight_of(m) for m in linears])
     if len(linears) == 1:
         return weight_of(linears[0])
@@ -173,7 +175,7 @@ def _prepare_moe(moe: MoE, dtype: torch.dtype) -> MoEWeights:
 
 def _prepare_attention(attn: MLA, dtype: torch.dtype) -> AttentionWeights:
     query = attn.q_proj if hasattr(attn, "q_proj") else attn.q_a_proj
-    kv_b = weight_of(attn.kv_b_proj).dense(dtype) if not _is_plain_linear(attn.kv_b_proj) else attn.kv_b_proj.weight.detach()
+    kv_b = weight_of(attn.kv_b_proj).dense(dtype)  # (H*(Q+V), C)
     w = kv_b.unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
     return AttentionWeights(
         inputs=_concat_rows([query, attn.kv_a_proj_with_mqa]),
@@ -315,7 +317,7 @@ class ModelRunner:
             why = fast_path_unsupported(model)
             if why is not None:
                 raise ValueError(f"the fast runner cannot run this model ({why}); use mode='reference'")
-            dtype = model.model.embed_tokens.weight.dtype  # the compute dtype
+            dtype = model.compute_dtype
             with torch.no_grad():
                 self.lm_head = weight_of(model.lm_head, lm_head=True)
                 for layer in model.model.layers:

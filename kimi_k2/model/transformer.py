@@ -94,6 +94,11 @@ class KimiK2ForCausalLM(nn.Module):
         self.attention_path = "naive"
         self.set_paths(attention=attention, experts=experts)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' dtype: the embedding's (Linear weights may be stored in another, see `Linear`)."""
+        return self.model.embed_tokens.weight.dtype
+
     def set_paths(self, attention: str | None = None, experts: str | None = None) -> KimiK2ForCausalLM:
         """Choose the attention path (`naive` | `fused` | `absorbed`) and the expert path (`grouped` | `loop`)."""
         if attention is not None:
