@@ -11,8 +11,8 @@ memory is the finished model plus one parameter in flight (plus its dequantizati
   "fp8"        block-FP8 storage, dequantized on the fly (bf16 checkpoints are quantized on load)
   "int4"       routed experts int4 (K2-Thinking's scheme or the checkpoint's own ignore list), the rest dense
   "auto"       every Linear weight as the checkpoint stores it: FP8 and INT4 kept, a bf16 (or fp32) Linear weight
-               in that dtype whatever `dtype` is (the product widens it exactly: `Linear`, `kimi_k2.kernels`);
-               embeddings, norms and the router in `dtype`
+               in that dtype whatever `dtype` is (the product widens it exactly: `Linear`, `kimi_k2.kernels`),
+               the embedding too (its rows are widened); norms and the router in `dtype`
 Tensors the model does not use (`rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a one-line
 notice on the `kimi_k2` logger.
 """
@@ -102,8 +102,10 @@ def load_model(
     quantize_linears(model, target, dtype)
 
     def dense_dtype(p: ParamSpec, reader: CheckpointReader) -> torch.dtype:
-        """`dtype`, except that "auto" keeps a Linear weight stored unquantized in a float dtype in that dtype."""
-        if weights == "auto" and p.linear is not None and not report.scheme.quantizes(p.linear):
+        """`dtype`, except that "auto" keeps a Linear weight stored unquantized in a float dtype, and the
+        embedding, in that dtype."""
+        kept = p.linear is not None and not report.scheme.quantizes(p.linear) or p.name == "model.embed_tokens.weight"
+        if weights == "auto" and kept:
             stored = reader.info(p.name).torch_dtype
             if stored.is_floating_point and stored.itemsize >= 2:
                 return stored

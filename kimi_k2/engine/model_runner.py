@@ -311,6 +311,7 @@ class ModelRunner:
             raise ValueError(f"prefill_attention {prefill_attention!r}: choose one of {PREFILL_ATTENTION}")
         self.model, self.pool, self.mode, self.prefill_attention = model, pool, mode, prefill_attention
         self.cfg = model.config
+        self.dtype = model.compute_dtype
         self.layers: list[LayerWeights] = []
         self.lm_head: AnyWeight | None = None
         if mode == "fast":
@@ -359,7 +360,7 @@ class ModelRunner:
     # ------------------------------------------------------------------ fast
     def _forward(self, meta: StepMeta) -> torch.Tensor:
         model = self.model
-        h = model.model.embed_tokens(meta.input_ids)  # (N, D), the runner's own tensor: updated in place below
+        h = model.model.embed_tokens(meta.input_ids).to(self.dtype)  # (N, D), the runner's own: updated in place
         cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             attended = self._attention(layer_idx, layer.self_attn, weights.attention, layer.input_layernorm(h), cis, meta)

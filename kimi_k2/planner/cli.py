@@ -89,7 +89,7 @@ def run_cpu(args: argparse.Namespace) -> int:
         ("weights, read into RAM", _gb(plan.resident_bytes)),
         ("  Linear weights as stored", _gb(plan.linear_bytes)),
         ("    of which routed experts", _gb(plan.routed_bytes)),
-        ("  converted to float32", f"{_gb(plan.converted_bytes)} (embeddings, norms, routers, kv_b splits)"),
+        ("  converted to float32", f"{_gb(plan.converted_bytes)} (norms, routers, kv_b splits)"),
         ("KV cache (float32)", _gb(plan.kv_bytes)),
         ("fits in RAM", f"{'yes' if plan.fits_in_ram else 'no'} ({util})"),
         ("memory-mapped", f"{'runs' if plan.runs_mapped else 'does NOT run'}: hot set {_gb(plan.mapped_hot_bytes)} + KV; "

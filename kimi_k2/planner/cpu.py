@@ -1,9 +1,9 @@
 """One machine, experts on the CPU: what the engine holds in RAM for a model loaded as stored, and how fast its
 memory can feed a decode token.
 
-The engine loads a checkpoint with its Linear weights as stored (`LLM(path)`: FP8 / INT4 kept, bf16 Linear
-weights bf16) and everything else in the compute dtype (`compute_bytes`: 4 for float32): embeddings, norms and
-the router; the router's correction bias stays float32. The fast runner adds, per layer, `kv_b_proj` split into
+The engine loads a checkpoint with its Linear weights and its embedding as stored (`LLM(path)`: FP8 / INT4 kept,
+bf16 weights bf16) and everything else in the compute dtype (`compute_bytes`: 4 for float32): norms and the
+router; the router's correction bias stays float32. The fast runner adds, per layer, `kv_b_proj` split into
 its absorbed-attention halves in the compute dtype (`w_uk`, `w_uv`), plus `kv_b_proj` itself in the compute
 dtype when it is stored otherwise. These are the formulas `tests/test_planner_cpu.py` checks against the bytes
 the engine really holds.
@@ -30,9 +30,9 @@ DEFAULT_RAM_UTIL = 0.9  # usable fraction of RAM (the OS, Python and the allocat
 class CpuPlan:
     fmt: str
     compute_bytes: int
-    linear_bytes: int  # Linear weights as stored (mappable from the files), routed experts included
+    linear_bytes: int  # Linear weights and the embedding as stored (mappable), routed experts included
     routed_bytes: int  # of which routed experts
-    converted_bytes: int  # embeddings, norms, router, the runner's kv_b splits: always in the process's memory
+    converted_bytes: int  # norms, routers, the runner's kv_b splits: always in the process's memory
     token_bytes: int  # weight bytes one batch-1 decode token reads
     kv_bytes: int
     ram_bytes: int | None
@@ -70,7 +70,7 @@ class CpuPlan:
 
 def _stored(t: TensorSpec, fmt: str, compute_bytes: int) -> tuple[int, int]:
     """(bytes as stored if a Linear the engine keeps as stored, bytes converted to the compute dtype) of one copy."""
-    if t.kind in ("linear", "lm_head"):  # lm_head stays bf16 in the FP8 and INT4 layouts (the format rules know)
+    if t.kind in ("linear", "lm_head", "embedding"):  # lm_head and the embedding are bf16 in FP8 / INT4 layouts
         return FORMATS[fmt](t), 0
     if t.kind == "score_bias":
         return 0, 4 * t.numel
@@ -99,7 +99,7 @@ def cpu_plan(
             routed += t.count * stored
             token += cfg.num_experts_per_tok * stored
         elif t.kind == "embedding":
-            token += compute_bytes * t.shape[1]
+            token += stored // t.shape[0]  # one row
         elif t.kind in ("linear", "lm_head"):
             token += stored
         if t.name.endswith("kv_b_proj.weight"):
