@@ -6,29 +6,21 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   cache (`LatentCache` protocol). Simple, but pads every row to the longest chunk and gathers every row's keys
   into a padded tensor per layer.
 * fast (default) — the engine's own layer loop over the model's modules on the *packed* tokens `[N, D]` (no
-  padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once:
-  kept output-major as the checkpoint stores them (`[out, in]`: MKL runs the 2-row products of batched decode
-  faster this way than as `x @ W[in, out]`; docs/engine.md has the measurements), `q_a_proj` and
-  `kv_a_proj_with_mqa` fused into one matmul, `gate_proj`/`up_proj` of every MLP fused, routed experts stacked
-  in `[E, 2I, D]` / `[E, D, I]` tensors, and the absorbed-attention splits of `kv_b_proj` (`w_uk`, `w_uv`) cut
-  once. Routed experts run per (token, expert) pair for 1-2 tokens; above, through PyTorch's grouped matmul
-  over the stacked weights (`experts_grouped_mm`: two products per layer whatever the number of experts used;
-  batched decode +20% at 16 requests), or sorted by expert where torch lacks it. The checkpoint-named modules
-  keep working: their weights become contiguous row-block views into the prepared tensors, so nothing is
-  stored twice. Only sampled rows reach the final norm and `lm_head`; a prefill chunk that does not end its
-  prompt computes no logits at all.
-
-The fast path keeps the operators per step few. A batch-1 decode step is ~150 matrix products and, around
-them, operators whose dispatch costs more than their arithmetic (3-10 µs each on the benchmark CPU). So the
-products are `torch.mm` / `addmm` on transposed views prepared once (what `F.linear` runs, without its wrapper
-operators; the expert views sit in Python lists, so picking expert e is no operator); `o_proj`, the dense down
-projection and the shared expert add into their destination in the same call (`addmm`); each routed expert's
-down projection accumulates with `addmm_(alpha=routing weight)`; RoPE is one complex product
-(`apply_rope_complex`, equal to the real rotation up to the last bit) and RMSNorm one call (`rms_norm`,
-bit-identical). This took the batch-1 step from ~4,000 to ~2,600 ATen operators (docs/engine.md). For the row
-counts of `TRANSPOSED_ROW_RANGE` (weights with `TRANSPOSED_MIN_INPUTS`+ inputs), and for `lm_head` with
-`LM_HEAD_TRANSPOSED_ROW_RANGE` rows, a product runs as `(W @ xᵀ)ᵀ`, which MKL reads faster there
-(bench/gemm_layout.py).
+  padding: every projection and expert matmul sees exactly the step's tokens), with weights prepared once.
+  Every product goes through the weight object of `kimi_k2.kernels.weight` (`Weight.mm`), which knows the
+  format each weight is stored in (fp32, bf16, block FP8, INT4) and picks the C++ kernels for few rows or torch
+  tiles for many: the loop has no branch per format. `q_a_proj` and `kv_a_proj_with_mqa` run as one product,
+  and every MLP's `gate_proj` / `up_proj` (one fused tensor for plain fp32/bf16 Linears, whose modules' weights
+  become row-block views into it: memory-neutral; side by side without a copy otherwise); the absorbed-attention
+  splits of `kv_b_proj` (`w_uk`, `w_uv`) are cut once. Routed experts form an `ExpertBank` (each expert's
+  stored tensors, where the file has them): a decode step runs all its (token, expert) pairs in one kernel
+  call; batched steps run fp32 experts through PyTorch's grouped matmul over stacked copies
+  (`experts_grouped_mm`: two products per layer whatever the number of experts used) and other formats expert
+  by expert through `Weight.mm`. `o_proj`, the dense down projection and the shared expert add into the
+  residual stream in place (`out=`). Only sampled rows reach the final norm and `lm_head`; a prefill chunk
+  that does not end its prompt computes no logits at all. RoPE is one complex product (`apply_rope_complex`)
+  and RMSNorm one call (`rms_norm`). Dense fp32 products of 12-32 rows run as `(W @ xᵀ)ᵀ` where MKL reads
+  that form faster (`kimi_k2.kernels.weight`, bench/gemm_layout.py).
 
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
