@@ -149,7 +149,7 @@ def test_concat_weight_puts_outputs_side_by_side():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("tokens", [1, 2, 3])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 9, 20])
 def test_one_call_expert_kernel_equals_the_expert_loop(fmt, tokens):
     n_experts, hidden, inter, top_k = 6, 160, 72, 3
     bank = ExpertBank(

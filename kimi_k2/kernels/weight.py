@@ -34,6 +34,9 @@ NATIVE_CODES = {"fp32": 0, "bf16": 1, "fp8": 2, "int4": 3}
 # The most rows of x the C++ kernels take; above, tiles through torch. A kernel decodes the weight once per four
 # rows of x, so its cost grows with the rows while MKL's does not (bench/kernels.py measures the crossover).
 NATIVE_MAX_ROWS = {"fp32": 4, "bf16": 8, "fp8": 16, "int4": 16}
+# The most tokens whose routed experts run in one kernel call (a batched decode step); prefill goes expert by
+# expert through tiles. fp32 experts have torch's grouped matmul over stacked copies from 3 tokens on.
+NATIVE_EXPERT_TOKENS = {"fp32": 2, "bf16": 32, "fp8": 32, "int4": 32}
 TILE_ROWS = 512  # rows per dequantized tile (a multiple of FP8's 128-row blocks)
 
 # When a dense product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ. MKL picks its kernel and its split over the threads by
@@ -213,8 +216,9 @@ class ExpertBank:
 
     @property
     def native_tokens(self) -> int:
-        """The most tokens the one-call kernel takes (it decodes each used expert once per token)."""
-        return NATIVE_MAX_ROWS.get(self.fmt, 0) // 2 if self.fmt in NATIVE_CODES else 0
+        """The most tokens the one-call kernel takes: it groups the tokens by expert, so an expert gets about
+        tokens × K / E of them, which stays within the kernels' row limit for a decode batch."""
+        return NATIVE_EXPERT_TOKENS.get(self.fmt, 0)
 
     def run_native(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> bool:
         """out [M, D] float32 += Σ_k weights[t, k] · expert_k(x_t), in one call; False if the kernels are absent."""

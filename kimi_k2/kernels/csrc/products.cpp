@@ -321,6 +321,11 @@ void rows_scalar(const Weight& w, const float* x, int64_t ldx, int mb, float* ou
 // Rows [o0, o1) of W for all M rows of x, four rows of x at a time.
 void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* out, int64_t ldo, int64_t o0,
           int64_t o1, float alpha, bool accumulate) {
+  constexpr int64_t TILE = 16;  // with more than 4 rows of x, 16 weight rows at a time serve every block of 4 from cache
+  if (m_rows > 4 && o1 - o0 > TILE) {
+    for (int64_t t = o0; t < o1; t += TILE) rows(w, x, ldx, m_rows, out, ldo, t, std::min(o1, t + TILE), alpha, accumulate);
+    return;
+  }
   for (int64_t m = 0; m < m_rows; m += 4) {
     const int mb = static_cast<int>(std::min<int64_t>(4, m_rows - m));
     const float* xm = x + m * ldx;
@@ -383,6 +388,7 @@ void linear(const at::Tensor& x, const at::Tensor& out, int64_t fmt, int64_t dat
 
 // Routed experts of a few tokens in one call. table [E, 6] int64: per expert the (data, scale) addresses of
 // gate_proj [I, D], up_proj [I, D], down_proj [D, I]. out[M, D] += sum_k weights[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
+// The pairs are grouped by expert, so an expert chosen by several tokens is read once for all of them.
 void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& weights, const at::Tensor& table,
              int64_t fmt, int64_t inter, int64_t block_rows, int64_t block_cols, const at::Tensor& out) {
   const int64_t hidden = x.size(1);
@@ -402,44 +408,58 @@ void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor
   for (int64_t p = 0; p < pairs; ++p)
     TORCH_CHECK(ids[p] >= 0 && ids[p] < n_experts, "kimi_k2 kernels: expert id ", ids[p], " outside [0, ", n_experts, ")");
 
-  std::vector<Weight> gate(pairs), up(pairs), down(pairs);
-  for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t* a = addr + ids[p] * 6;
-    gate[p] = make_weight(fmt, a[0], a[1], inter, hidden, block_rows, block_cols);
-    up[p] = make_weight(fmt, a[2], a[3], inter, hidden, block_rows, block_cols);
-    down[p] = make_weight(fmt, a[4], a[5], hidden, inter, block_rows, block_cols);
+  // Group the (token, slot) pairs by expert, so each used expert's weights are read once for all its tokens.
+  std::vector<int64_t> order(pairs);
+  for (int64_t p = 0; p < pairs; ++p) order[p] = p;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  struct Group {
+    Weight gate, up, down;
+    int64_t begin, end;  // positions in `order`
+  };
+  std::vector<Group> groups;
+  for (int64_t i = 0; i < pairs;) {
+    int64_t j = i;
+    while (j < pairs && ids[order[j]] == ids[order[i]]) ++j;
+    const int64_t* a = addr + ids[order[i]] * 6;
+    groups.push_back({make_weight(fmt, a[0], a[1], inter, hidden, block_rows, block_cols),
+                      make_weight(fmt, a[2], a[3], inter, hidden, block_rows, block_cols),
+                      make_weight(fmt, a[4], a[5], hidden, inter, block_rows, block_cols), i, j});
+    i = j;
   }
-  std::vector<float> g(pairs * inter), u(pairs * inter), y(pairs * hidden);
+  const int64_t n_groups = static_cast<int64_t>(groups.size());
+  std::vector<float> xs(pairs * hidden), g(pairs * inter), u(pairs * inter), y(pairs * hidden);
   const float* xp = x.data_ptr<float>();
-  // Phase 1: gate and up rows of every (token, expert) pair; the flat index runs over pairs x rows.
-  at::parallel_for(0, pairs * inter, grain_for(pairs * inter, row_bytes(gate[0])), [&](int64_t j0, int64_t j1) {
+  for (int64_t i = 0; i < pairs; ++i)  // x rows in grouped order
+    std::memcpy(xs.data() + i * hidden, xp + (order[i] / top_k) * x.stride(0), hidden * sizeof(float));
+  // Phase 1: gate and up rows of every used expert for all its tokens; the flat index runs over experts x rows.
+  at::parallel_for(0, n_groups * inter, grain_for(n_groups * inter, row_bytes(groups[0].gate)), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1;) {
-      const int64_t p = j / inter, o0 = j % inter, o1 = std::min(inter, o0 + (j1 - j));
-      const float* xt = xp + (p / top_k) * x.stride(0);
-      rows(gate[p], xt, hidden, 1, g.data() + p * inter, inter, o0, o1, 1.0f, false);
-      rows(up[p], xt, hidden, 1, u.data() + p * inter, inter, o0, o1, 1.0f, false);
+      const Group& grp = groups[j / inter];
+      const int64_t o0 = j % inter, o1 = std::min(inter, o0 + (j1 - j)), n = grp.end - grp.begin;
+      rows(grp.gate, xs.data() + grp.begin * hidden, hidden, n, g.data() + grp.begin * inter, inter, o0, o1, 1.0f, false);
+      rows(grp.up, xs.data() + grp.begin * hidden, hidden, n, u.data() + grp.begin * inter, inter, o0, o1, 1.0f, false);
       j += o1 - o0;
     }
   });
   for (int64_t j = 0; j < pairs * inter; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];  // silu(gate) * up
-  // Phase 2: down rows of every pair.
-  at::parallel_for(0, pairs * hidden, grain_for(pairs * hidden, row_bytes(down[0])), [&](int64_t j0, int64_t j1) {
+  // Phase 2: down rows of every used expert.
+  at::parallel_for(0, n_groups * hidden, grain_for(n_groups * hidden, row_bytes(groups[0].down)), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1;) {
-      const int64_t p = j / hidden, o0 = j % hidden, o1 = std::min(hidden, o0 + (j1 - j));
-      rows(down[p], g.data() + p * inter, inter, 1, y.data() + p * hidden, hidden, o0, o1, 1.0f, false);
+      const Group& grp = groups[j / hidden];
+      const int64_t o0 = j % hidden, o1 = std::min(hidden, o0 + (j1 - j)), n = grp.end - grp.begin;
+      rows(grp.down, g.data() + grp.begin * inter, inter, n, y.data() + grp.begin * hidden, hidden, o0, o1, 1.0f, false);
       j += o1 - o0;
     }
   });
-  // Phase 3: weighted sum over each token's experts, in routing order.
+  // Phase 3: each pair's output, times its routing weight, into its token's row.
   const float* rw = weights.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t k = 0; k < top_k; ++k) {
-      const float a = rw[t * top_k + k];
-      const float* yp = y.data() + (t * top_k + k) * hidden;
-      float* dst = op + t * out.stride(0);
-      for (int64_t o = 0; o < hidden; ++o) dst[o] += a * yp[o];
-    }
+  for (int64_t i = 0; i < pairs; ++i) {
+    const float a = rw[order[i]];
+    const float* yp = y.data() + i * hidden;
+    float* dst = op + (order[i] / top_k) * out.stride(0);
+    for (int64_t o = 0; o < hidden; ++o) dst[o] += a * yp[o];
+  }
 }
 
 bool has_avx2() { return K2_AVX2 != 0; }
