@@ -64,3 +64,26 @@ def test_fast_runner_on_kept_weights_matches_the_reference_runner(converted):
         assert a.token_ids == b.token_ids
         for x, y in zip(a.logprobs, b.logprobs):
             assert abs(x.logprob - y.logprob) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def int4_path(tmp_path_factory):
+    return convert_checkpoint(default_model_dir(), tmp_path_factory.mktemp("int4-only"), "int4")
+
+
+def test_int8_activations_mode_runs_int4_experts_on_integer_products(int4_path):
+    """The opt-in mode changes the arithmetic (so logprobs move a little) but not the engine's behaviour: the
+    reply to a clear request is the same, and every INT4 weight is switched."""
+    path = int4_path
+    exact = LLM(path, num_kv_blocks=64)
+    fast = LLM(path, num_kv_blocks=64, int8_activations=True)
+    bank = fast.engine.runner.layers[1].mlp.bank
+    assert bank.int8_activations and all(w.int8_activations for w in bank.down)
+    params = SamplingParams(temperature=0, max_tokens=16, logprobs=1)
+    a = exact.chat([{"role": "user", "content": QUESTIONS[0]}], params, tools=TOOLS)
+    b = fast.chat([{"role": "user", "content": QUESTIONS[0]}], params, tools=TOOLS)
+    assert a.token_ids == b.token_ids
+    drift = max(abs(x.logprob - y.logprob) for x, y in zip(a.logprobs, b.logprobs))
+    assert 0 < drift < 0.1
+    with pytest.raises(ValueError, match="reference runner"):
+        LLM(path, num_kv_blocks=64, int8_activations=True, runner="reference")

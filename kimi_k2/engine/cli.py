@@ -31,6 +31,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                         help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert "
                         "them to --dtype on load; fp8 / int4: quantize on load")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="INT4 weights against activations quantized to int8 per 32 values (faster, not exact)")
     parser.add_argument("--no-mmap", action="store_true",
                         help="read the weights into RAM instead of using them memory-mapped from the checkpoint files")
     parser.add_argument("--kv-cache-memory", type=float, help="KV cache budget in GiB (default: what max-num-seqs full-context sequences need, at most 1/5 of free RAM and 4 GiB)")
@@ -81,7 +83,8 @@ def _load(args: argparse.Namespace) -> Any:
         kwargs["kv_cache_memory"] = int(args.kv_cache_memory * 2**30)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    return LLM(args.model, dtype=dtype, weights=args.weights, mmap=not args.no_mmap, num_threads=args.threads, **kwargs)
+    return LLM(args.model, dtype=dtype, weights=args.weights, mmap=not args.no_mmap, num_threads=args.threads,
+               int8_activations=args.int8_activations, **kwargs)
 
 
 def _parse_ids(text: str) -> list[int]:

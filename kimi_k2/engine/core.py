@@ -106,6 +106,7 @@ class EngineCore:
         default_stop_token_ids: Seq[int] = (),
         runner: str = "fast",
         prefill_attention: str = "auto",
+        int8_activations: bool = False,
         seed: int = 0,
     ) -> None:
         self.model, self.cfg, self.tokenizer = model, model.config, tokenizer
@@ -139,7 +140,9 @@ class EngineCore:
             self.max_model_len = capacity
         self.block_manager = BlockManager(self.pool.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.pool, mode=runner, prefill_attention=prefill_attention)
+        self.runner = ModelRunner(
+            model, self.pool, mode=runner, prefill_attention=prefill_attention, int8_activations=int8_activations
+        )
         self.default_temperature = default_temperature
         self.default_stop_token_ids = frozenset(default_stop_token_ids)
         self._rng = torch.Generator().manual_seed(seed)

@@ -52,7 +52,9 @@ class LLM:
     `model`: a checkpoint directory (HF layout) or a `KimiK2ForCausalLM`. `weights`: what a checkpoint's
     linear layers become (`load_model`'s choice): "auto" (default) keeps FP8 and INT4 checkpoints in their stored
     format, run by the kernels that read it; "dequantize" converts them to `dtype` on load; "fp8" / "int4"
-    quantize. `mmap` (default True): tensors used as stored are views into the memory-mapped checkpoint files
+    quantize. `int8_activations=True` (an engine keyword) runs INT4 weights against activations quantized to
+    int8 per 32 inputs, llama.cpp's Q4_0 × Q8_0 arithmetic: faster, not exact (docs/engine.md has the measured
+    error). `mmap` (default True): tensors used as stored are views into the memory-mapped checkpoint files
     (zero copy; a start takes seconds and the page cache holds the experts); False reads them into RAM.
     `tokenizer`: a tokenizer object, a
     directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets

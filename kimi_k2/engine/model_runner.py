@@ -296,11 +296,14 @@ class ModelRunner:
         *,
         mode: str = "fast",
         prefill_attention: str = "auto",
+        int8_activations: bool = False,
     ) -> None:
         if mode not in ("fast", "reference"):
             raise ValueError(f"runner mode {mode!r}: choose 'fast' or 'reference'")
         if prefill_attention not in PREFILL_ATTENTION:
             raise ValueError(f"prefill_attention {prefill_attention!r}: choose one of {PREFILL_ATTENTION}")
+        if int8_activations and mode != "fast":
+            raise ValueError("int8_activations is a mode of the fast runner's kernels; the reference runner has none")
         self.model, self.pool, self.mode, self.prefill_attention = model, pool, mode, prefill_attention
         self.cfg = model.config
         self.dtype = model.compute_dtype
@@ -321,6 +324,22 @@ class ModelRunner:
                             mlp=_prepare_moe(mlp, dtype) if isinstance(mlp, MoE) else _prepare_mlp(mlp),
                         )
                     )
+            if int8_activations:
+                self._use_int8_activations()
+
+    def _use_int8_activations(self) -> None:
+        """INT4 weights take int8 activations (quantized per 32 inputs, integer dot products: docs/engine.md)."""
+        for layer in self.layers:
+            for w in (layer.attention.inputs, layer.attention.q_b, layer.attention.o):
+                for part in (w.parts if isinstance(w, ConcatWeight) else [w]) if w is not None else []:
+                    part.int8_activations = part.fmt == "int4"
+            mlps = [layer.mlp] if isinstance(layer.mlp, MLPWeights) else [layer.mlp.shared] if layer.mlp.shared else []
+            for mlp in mlps:
+                for w in (mlp.gate_up, mlp.down):
+                    for part in w.parts if isinstance(w, ConcatWeight) else [w]:
+                        part.int8_activations = part.fmt == "int4"
+            if isinstance(layer.mlp, MoEWeights):
+                layer.mlp.bank.set_int8_activations(True)
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[StepChunk]) -> torch.Tensor:

@@ -3,13 +3,15 @@
 `native()` returns the loaded extension, or None where it cannot be built (no C++ compiler, a torch without its
 headers, `KIMI_K2_NATIVE=0`): every caller then takes the pure-torch path of `reference.py`, which computes the
 same products (tests check the two agree). The build is cached by torch under `TORCH_EXTENSIONS_DIR` (default
-`~/.cache/torch_extensions`), keyed on the source, so it runs once per machine (about a minute on 2 cores) and
-is shared by every process. It compiles for the host CPU (`-march=native`): AVX2 + FMA + F16C kernels where the
+`~/.cache/torch_extensions`) in a folder named after a hash of the source and the flags, so it runs once per
+machine and version (about a minute on 2 cores), is shared by every process, and two checkouts with different
+sources never rebuild over each other. It compiles for the host CPU (`-march=native`): AVX2 + FMA + F16C kernels where the
 CPU has them, a scalar build of the same arithmetic elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -31,6 +33,12 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
 
 
+def build_name() -> str:
+    """The extension's name: one per source and flags (torch keys its build folder on the name alone)."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
+    return f"kimi_k2_products_{digest}"
+
+
 @cache
 def native() -> ModuleType | None:
     """The compiled kernels, or None (the reason is logged once on the `kimi_k2` logger)."""
@@ -40,7 +48,7 @@ def native() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         _ninja_on_path()
-        return load(name="kimi_k2_products", sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=False)
+        return load(name=build_name(), sources=[str(SOURCE)], extra_cflags=FLAGS, verbose=False)
     except Exception as exc:  # any build failure means: use the reference path
         log.warning("kimi_k2: native kernels unavailable, using the pure-torch path (%s)", str(exc).splitlines()[0][:200])
         return None

@@ -52,6 +52,32 @@ def blockwise_product(
     return (partial * row_scale).sum(dim=-1)
 
 
+def quantize_activations(x: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8-activation mode's quantizer: x [M, I] → (q float [M, G, 32] integers in [-127, 127] in input
+    order, d [M, G] = amax / 127 per group) over the whole groups of 32 (G = I // 32)."""
+    groups = x.shape[1] // group
+    xg = x[:, : groups * group].float().view(x.shape[0], groups, group)
+    d = xg.abs().amax(dim=-1) / 127
+    inverse = torch.where(d > 0, 1.0 / d, torch.zeros_like(d)).unsqueeze(-1)  # float32, as the kernels compute it
+    q = torch.round(xg * inverse).clamp_(-127, 127)
+    return q, d
+
+
+def int8_activation_product(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    """INT4 group-32 weights against int8 activations, the kernels' arithmetic: per whole group, the integer dot
+    product Σ (u − 8)·q times weight scale × activation scale; a last partial group in float. float32 [M, O]."""
+    q, d = quantize_activations(x)  # (M, G, 32), (M, G)
+    groups = q.shape[1]
+    w = int4_unpack(packed, in_features).float()  # (O, I) integers in [-8, 7]
+    wg = w[:, : groups * 32].reshape(w.shape[0], groups, 32)
+    dots = torch.einsum("mgk,ogk->mog", q.double(), wg.double())  # exact integers
+    y = (dots * (scale[:, :groups].double().unsqueeze(0) * d.double().unsqueeze(1))).sum(-1)
+    if groups * 32 < in_features:  # the partial group, float
+        tail = w[:, groups * 32 :] * scale[:, groups:].float().repeat_interleave(32, dim=1)[:, : in_features - groups * 32]
+        y = y + x[:, groups * 32 :].double() @ tail.double().t()
+    return y.float()
+
+
 def dequantized_rows(
     fmt: str,
     data: torch.Tensor,

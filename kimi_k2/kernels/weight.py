@@ -66,6 +66,7 @@ class Weight:
     in_features: int
     block: tuple[int, int] = (1, 1)
     lm_head: bool = False  # picks the lm_head's transposed row range for dense products
+    int8_activations: bool = False  # int4 only: the kernels quantize x per 32 inputs to int8 (see docs/engine.md)
     _t: torch.Tensor | None = field(default=None, repr=False)  # dense: the transposed view [I, O], made once
 
     # ---------------------------------------------------------------- construction
@@ -121,10 +122,10 @@ class Weight:
         if kernels is not None:
             x32 = x if x.dtype == torch.float32 and x.stride(-1) == 1 else x.float().contiguous()
             if out is not None and out.dtype == torch.float32 and out.stride(-1) == 1:
-                kernels.linear(x32, out, *self.native_args(), alpha, True)
+                kernels.linear(x32, out, *self.native_args(), alpha, True, self.int8_activations)
                 return out
             y = torch.empty(rows, self.out_features, dtype=torch.float32, device=x.device)
-            kernels.linear(x32, y, *self.native_args(), 1.0, False)
+            kernels.linear(x32, y, *self.native_args(), 1.0, False, self.int8_activations)
             return y.to(x.dtype) if out is None else out.add_(y.to(out.dtype), alpha=alpha)
         if self.fmt in ("fp8", "int4") or self.data.dtype != x.dtype:
             return self._tiled(x, out, alpha)
@@ -195,6 +196,7 @@ class ExpertBank:
     gate: list[Weight]
     up: list[Weight]
     down: list[Weight]
+    int8_activations: bool = False  # int4 only: see `Weight.int8_activations`
     table: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -237,8 +239,15 @@ class ExpertBank:
             first.block[0],
             first.block[1],
             out,
+            self.int8_activations,
         )
         return True
+
+    def set_int8_activations(self, enabled: bool) -> None:
+        """Switch the int8-activation mode for this bank's int4 experts (kernel calls and per-expert products)."""
+        self.int8_activations = enabled and self.fmt == "int4"
+        for w in (*self.gate, *self.up, *self.down):
+            w.int8_activations = self.int8_activations
 
     def expert_mlp(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         """Expert e on rows [n, D] → [n, D]: down(silu(gate(x)) * up(x)), through `Weight.mm`."""

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert them "
                    "to --dtype on load; fp8 / int4: quantize on load")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="INT4 weights against activations quantized to int8 per 32 values (faster, not exact)")
     p.add_argument("--no-mmap", action="store_true",
                    help="read the weights into RAM instead of using them memory-mapped from the checkpoint files")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
@@ -80,6 +82,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         dtype=getattr(torch, args.dtype),
         weights=args.weights,
         mmap=not args.no_mmap,
+        int8_activations=args.int8_activations,
         num_threads=args.threads,
         kv_cache_memory=args.kv_memory,
         max_model_len=args.max_model_len,

@@ -110,6 +110,44 @@ inline float block_scale(const Weight& w, int64_t o, int64_t b) {
   return 1.0f;
 }
 
+// x quantized per group of 32 inputs to int8 (int8_activations mode): q [rows, ldq] in each group's even-then-odd
+// input order, d [rows, ldd] one float scale per group (amax / 127). Only whole groups; a last partial group of
+// a row stays float.
+struct Q8Rows {
+  const int8_t* q;
+  const float* d;
+  int64_t ldq, ldd;
+};
+
+struct Q8Buffer {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  int64_t ldq = 0, ldd = 0;
+  Q8Rows view() const { return {q.data(), d.data(), ldq, ldd}; }
+};
+
+Q8Buffer quantize_q8(const float* x, int64_t ldx, int64_t m_rows, int64_t cols) {
+  Q8Buffer b;
+  b.ldd = cols / 32;
+  b.ldq = b.ldd * 32;
+  b.q.resize(m_rows * b.ldq);
+  b.d.resize(m_rows * b.ldd);
+  for (int64_t m = 0; m < m_rows; ++m)
+    for (int64_t g = 0; g < b.ldd; ++g) {
+      const float* xg = x + m * ldx + g * 32;
+      float amax = 0.0f;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(xg[k]));
+      const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+      b.d[m * b.ldd + g] = d;
+      int8_t* qg = b.q.data() + m * b.ldq + g * 32;
+      for (int k = 0; k < 16; ++k) {  // position k: input 2k; position 16 + k: input 2k + 1
+        qg[k] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(xg[2 * k] * inverse))));
+        qg[16 + k] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(xg[2 * k + 1] * inverse))));
+      }
+    }
+  return b;
+}
+
 #if K2_AVX2
 // Eight stored values starting at input i (a multiple of 8), as float32: fp32 and bf16 (exact).
 template <int64_t FMT>
@@ -287,6 +325,46 @@ void rows_int4(const Weight& w, const float* x, int64_t ldx, float* out, int64_t
   }
 }
 
+// INT4 weights against int8 activations (the documented `int8_activations` mode, llama.cpp's Q4_0 x Q8_0 idea):
+// each group of 32 inputs of x was quantized to int8 with its own scale d (see quantize_q8), stored with the
+// group's even inputs first, then its odd ones — the order in which a group's 16 bytes give up their low and high
+// nibbles. A group's dot product is exact in integers: maddubs(|w|, sign(q, w)) pairs, then pairs of pairs; one
+// float multiply-add applies weight scale x activation scale.
+template <int MB>
+void rows_int4_q8(const Weight& w, const Q8Rows& q8, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0,
+                  int64_t o1, float alpha, bool accumulate) {
+  const int64_t cols = w.cols, stride = row_bytes(w), full = cols / 32 * 32;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scale);
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m256i eight = _mm256_set1_epi8(8);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    const uint16_t* row_scales = scales + o * w.scale_ld;
+    __m256 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t i = 0, g = 0; i < full; i += 32, ++g) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i / 2));
+      const __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+      const __m256i wq = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);  // [even | odd] inputs, in [-8, 7]
+      const __m256i wabs = _mm256_sign_epi8(wq, wq);
+      const float ws = bf16_to_float(row_scales[g]);
+      for (int m = 0; m < MB; ++m) {
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8.q + m * q8.ldq + i));
+        const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xq, wq)), ones);
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ws * q8.d[m * q8.ldd + g]), acc[m]);
+      }
+    }
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) tail[m] = 0.0f;
+    for (int64_t i = full; i < cols; ++i) {  // a last partial group: float activations
+      const float v = scalar_value(w, row, i) * bf16_to_float(row_scales[i / 32]);
+      for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+    }
+    store_rows(MB, acc, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
 template <int MB>
 void rows_simd(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
                float alpha, bool accumulate) {
@@ -319,11 +397,12 @@ void rows_scalar(const Weight& w, const float* x, int64_t ldx, int mb, float* ou
 }
 
 // Rows [o0, o1) of W for all M rows of x, four rows of x at a time.
+// With `q8` (x quantized by quantize_q8) an INT4 weight of group 32 takes the int8-activation kernel.
 void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* out, int64_t ldo, int64_t o0,
-          int64_t o1, float alpha, bool accumulate) {
+          int64_t o1, float alpha, bool accumulate, const Q8Rows* q8 = nullptr) {
   constexpr int64_t TILE = 16;  // with more than 4 rows of x, 16 weight rows at a time serve every block of 4 from cache
   if (m_rows > 4 && o1 - o0 > TILE) {
-    for (int64_t t = o0; t < o1; t += TILE) rows(w, x, ldx, m_rows, out, ldo, t, std::min(o1, t + TILE), alpha, accumulate);
+    for (int64_t t = o0; t < o1; t += TILE) rows(w, x, ldx, m_rows, out, ldo, t, std::min(o1, t + TILE), alpha, accumulate, q8);
     return;
   }
   for (int64_t m = 0; m < m_rows; m += 4) {
@@ -331,6 +410,16 @@ void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* o
     const float* xm = x + m * ldx;
     float* om = out + m * ldo;
 #if K2_AVX2
+    if (q8 != nullptr && w.fmt == INT4 && w.block_cols == 32) {
+      const Q8Rows qm{q8->q + m * q8->ldq, q8->d + m * q8->ldd, q8->ldq, q8->ldd};
+      switch (mb) {
+        case 1: rows_int4_q8<1>(w, qm, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+        case 2: rows_int4_q8<2>(w, qm, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+        case 3: rows_int4_q8<3>(w, qm, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+        default: rows_int4_q8<4>(w, qm, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      }
+      continue;
+    }
     switch (mb) {
       case 1: rows_simd<1>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
       case 2: rows_simd<2>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
@@ -373,7 +462,7 @@ int64_t grain_for(int64_t rows_, int64_t work_per_row) {
 
 // out[M, O] (+)= alpha * x[M, I] . W[O, I]^T
 void linear(const at::Tensor& x, const at::Tensor& out, int64_t fmt, int64_t data, int64_t scale, int64_t rows_,
-            int64_t cols, int64_t block_rows, int64_t block_cols, double alpha, bool accumulate) {
+            int64_t cols, int64_t block_rows, int64_t block_cols, double alpha, bool accumulate, bool int8_activations) {
   const Weight w = make_weight(fmt, data, scale, rows_, cols, block_rows, block_cols);
   check_rows(x, "x", cols);
   check_rows(out, "out", rows_);
@@ -381,16 +470,30 @@ void linear(const at::Tensor& x, const at::Tensor& out, int64_t fmt, int64_t dat
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t m_rows = x.size(0), ldx = x.stride(0), ldo = out.stride(0);
+  const bool q8 = int8_activations && fmt == INT4;
+  const Q8Buffer quantized = q8 ? quantize_q8(xp, ldx, m_rows, cols) : Q8Buffer{};
+  const Q8Rows view = quantized.view();
   at::parallel_for(0, rows_, grain_for(rows_, row_bytes(w)), [&](int64_t o0, int64_t o1) {
-    rows(w, xp, ldx, m_rows, op, ldo, o0, o1, static_cast<float>(alpha), accumulate);
+    rows(w, xp, ldx, m_rows, op, ldo, o0, o1, static_cast<float>(alpha), accumulate, q8 ? &view : nullptr);
   });
+}
+
+// The int8-activation quantizer alone, for tests: x [M, I] -> (q int8 [M, I/32*32] in the kernel's order, d [M, I/32]).
+std::vector<at::Tensor> quantize_activations(const at::Tensor& x) {
+  check_rows(x, "x", x.size(1));
+  const Q8Buffer b = quantize_q8(x.data_ptr<float>(), x.stride(0), x.size(0), x.size(1));
+  at::Tensor q = at::empty({x.size(0), b.ldq}, at::kChar), d = at::empty({x.size(0), b.ldd}, at::kFloat);
+  std::memcpy(q.data_ptr<int8_t>(), b.q.data(), b.q.size());
+  std::memcpy(d.data_ptr<float>(), b.d.data(), b.d.size() * sizeof(float));
+  return {q, d};
 }
 
 // Routed experts of a few tokens in one call. table [E, 6] int64: per expert the (data, scale) addresses of
 // gate_proj [I, D], up_proj [I, D], down_proj [D, I]. out[M, D] += sum_k weights[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
 // The pairs are grouped by expert, so an expert chosen by several tokens is read once for all of them.
 void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& weights, const at::Tensor& table,
-             int64_t fmt, int64_t inter, int64_t block_rows, int64_t block_cols, const at::Tensor& out) {
+             int64_t fmt, int64_t inter, int64_t block_rows, int64_t block_cols, const at::Tensor& out,
+             bool int8_activations) {
   const int64_t hidden = x.size(1);
   check_rows(x, "x", hidden);
   check_rows(out, "out", hidden);
@@ -431,23 +534,30 @@ void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor
   const float* xp = x.data_ptr<float>();
   for (int64_t i = 0; i < pairs; ++i)  // x rows in grouped order
     std::memcpy(xs.data() + i * hidden, xp + (order[i] / top_k) * x.stride(0), hidden * sizeof(float));
+  const bool q8 = int8_activations && fmt == INT4;
+  const Q8Buffer xq = q8 ? quantize_q8(xs.data(), hidden, pairs, hidden) : Q8Buffer{};
   // Phase 1: gate and up rows of every used expert for all its tokens; the flat index runs over experts x rows.
   at::parallel_for(0, n_groups * inter, grain_for(n_groups * inter, row_bytes(groups[0].gate)), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1;) {
       const Group& grp = groups[j / inter];
       const int64_t o0 = j % inter, o1 = std::min(inter, o0 + (j1 - j)), n = grp.end - grp.begin;
-      rows(grp.gate, xs.data() + grp.begin * hidden, hidden, n, g.data() + grp.begin * inter, inter, o0, o1, 1.0f, false);
-      rows(grp.up, xs.data() + grp.begin * hidden, hidden, n, u.data() + grp.begin * inter, inter, o0, o1, 1.0f, false);
+      const Q8Rows qv{xq.q.data() + grp.begin * xq.ldq, xq.d.data() + grp.begin * xq.ldd, xq.ldq, xq.ldd};
+      const Q8Rows* qp = q8 ? &qv : nullptr;
+      rows(grp.gate, xs.data() + grp.begin * hidden, hidden, n, g.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, qp);
+      rows(grp.up, xs.data() + grp.begin * hidden, hidden, n, u.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, qp);
       j += o1 - o0;
     }
   });
   for (int64_t j = 0; j < pairs * inter; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];  // silu(gate) * up
+  const Q8Buffer hq = q8 ? quantize_q8(g.data(), inter, pairs, inter) : Q8Buffer{};
   // Phase 2: down rows of every used expert.
   at::parallel_for(0, n_groups * hidden, grain_for(n_groups * hidden, row_bytes(groups[0].down)), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1;) {
       const Group& grp = groups[j / hidden];
       const int64_t o0 = j % hidden, o1 = std::min(hidden, o0 + (j1 - j)), n = grp.end - grp.begin;
-      rows(grp.down, g.data() + grp.begin * inter, inter, n, y.data() + grp.begin * hidden, hidden, o0, o1, 1.0f, false);
+      const Q8Rows qv{hq.q.data() + grp.begin * hq.ldq, hq.d.data() + grp.begin * hq.ldd, hq.ldq, hq.ldd};
+      rows(grp.down, g.data() + grp.begin * inter, inter, n, y.data() + grp.begin * hidden, hidden, o0, o1, 1.0f, false,
+           q8 ? &qv : nullptr);
       j += o1 - o0;
     }
   });
@@ -472,6 +582,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   init_fp8_table();
   m.def("linear", &linear, "out (+)= alpha * x . W^T for a weight stored as fp32/bf16/fp8/int4");
   m.def("experts", &experts, "routed experts of a few tokens: out += sum_k w_k down_e(silu(gate_e x) * up_e x)");
+  m.def("quantize_activations", &quantize_activations, "the int8-activation quantizer (tests)");
   m.def("has_avx2", &has_avx2, "whether the build has the AVX2/FMA/F16C kernels (else scalar)");
 }
 #endif
