@@ -118,7 +118,7 @@ def test_manifest_and_reference_agreement(results, fake, tmp_path):
     a = again["agreement"]
     assert a["compared"] == 15 and a["decisions_differ"] == ["no-call#1"]
     assert (a["tp"], a["fn"], a["recall"]) == (12, 1, round(12 / 13, 4))
-    assert "decisions that differ from the reference" in summary(again)
+    assert a["same_suite"] and "decisions that differ from the reference" in summary(again)
 
 
 def test_compare_shows_what_differs(results):
@@ -174,8 +174,16 @@ def test_user_errors_name_the_file_line_and_field(tmp_path, capsys):
                                                        "expect": {"call": True, "names": ["calculator"]}}) + "\n")  # fmt: skip
     with pytest.raises(SuiteError, match=r"expect\.names: 'calculator' is not among the case's tools"):
         load_suite(directory)
-    assert main(["eval", "tools", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--suite", str(tmp_path / "none")]) == 1
+    meta = json.loads((directory / "suite.json").read_text())
+    meta["tools"]["get_weather"]["function"]["parameters"]["properties"]["city"]["type"] = "text"
+    (directory / "suite.json").write_text(json.dumps(meta))
+    with pytest.raises(SuiteError, match=r"suite.json: tools\.get_weather\.function\.parameters: not a valid JSON Schema"):
+        load_suite(directory)
+    base = ["eval", "tools", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    assert main([*base, "--suite", str(tmp_path / "none")]) == 1
     assert f"{tmp_path / 'none' / 'suite.json'}: no such file" in capsys.readouterr().err
+    assert main([*base, "--max-tokens", "0"]) == 1
+    assert "--max-tokens 0: must be >= 1" in capsys.readouterr().err
     assert main(["eval", "compare", str(directory / "suite.json"), str(directory / "suite.json")]) == 1
     assert "not a `kimi-k2 eval tools` results file (field 'format'" in capsys.readouterr().err
 

@@ -68,6 +68,8 @@ def totals_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append(("agreement with reference: precision / recall",
                       f"{_pct(a['precision'])} / {_pct(a['recall'])} over {a['compared']} requests"))
         lines.append(("decisions that differ from the reference", ", ".join(a["decisions_differ"]) or "none"))
+        if not a.get("same_suite", True):
+            lines.append(("warning", "the reference ran another suite (its sha256 differs): only requests with the same key count"))
     return lines
 
 

@@ -55,8 +55,8 @@ def run_reproduce(
     """The three passes and every difference; `progress(1)` after each request."""
     if concurrency < 1:
         raise ValueError(f"--concurrency {concurrency}: must be >= 1")
-    if temperature <= 0:
-        raise ValueError(f"--temperature {temperature}: must be > 0 (greedy decoding would not test seeded sampling)")
+    if not 0 < temperature <= 2:
+        raise ValueError(f"--temperature {temperature}: must be in (0, 2] (greedy decoding would not test seeded sampling)")
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     # each request its own seed: equal seeds would hide a server that seeds per batch instead of per request
     bodies = [request_body(case, case.messages, model, Sampling(temperature, None, seed + i)) for i, case in enumerate(suite.cases)]

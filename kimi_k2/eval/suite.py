@@ -159,9 +159,15 @@ def load_suite(directory: str | Path = DEFAULT_SUITE) -> Suite:
     for key, kind in (("name", str), ("version", str), ("tools", dict)):
         if not isinstance(meta.get(key), kind):
             raise SuiteError(f"{meta_path}: field {key!r} must be a {kind.__name__}")
+    from jsonschema import Draft202012Validator, SchemaError  # lazy: only loading a suite needs it
+
     for name, tool in meta["tools"].items():
         if not isinstance(tool, dict) or tool.get("function", {}).get("name") != name:
             raise SuiteError(f"{meta_path}: tools.{name}: must be an OpenAI tool whose function.name is {name!r}")
+        try:
+            Draft202012Validator.check_schema(tool["function"].get("parameters") or {})
+        except SchemaError as exc:
+            raise SuiteError(f"{meta_path}: tools.{name}.function.parameters: not a valid JSON Schema: {exc.message}") from None
     default_max_tokens = int(meta.get("defaults", {}).get("max_tokens", 256))
     cases: list[Case] = []
     seen: set[str] = set()

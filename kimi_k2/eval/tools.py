@@ -38,6 +38,14 @@ class Sampling:
     seed: int | None = 0
     max_tokens: int | None = None  # None: each case's own
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"--temperature {self.temperature}: must be in [0, 2]")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"--max-tokens {self.max_tokens}: must be >= 1")
+
     def fields(self, case_max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens or case_max_tokens}
         if self.top_p is not None:
@@ -214,6 +222,7 @@ def run_tools_eval(
     }
     if reference is not None:
         doc["agreement"] = agreement(rows, reference)
+        doc["agreement"]["same_suite"] = doc["agreement"]["reference"]["suite_sha256"] == suite.sha256
     return doc
 
 
