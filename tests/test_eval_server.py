@@ -145,3 +145,24 @@ def test_tokenizer_endpoints_and_errors(server):
     no_echo = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 0})
     assert no_echo.status_code == 400 and no_echo.json()["error"]["param"] == "max_tokens"
     assert "needs echo=true" in no_echo.json()["error"]["message"]
+
+
+def test_engine_prompt_logprobs_equal_a_plain_forward_and_name_bad_input():
+    import torch
+
+    from kimi_k2 import LLM
+    from kimi_k2.assets import NANO_MODEL_DIR
+
+    llm = LLM(NANO_MODEL_DIR, num_kv_blocks=16)
+    ids = llm.encode("What is 652 + 17? It is 669.")
+    scored = llm.engine.prompt_logprobs(ids, top=2, rows_per_chunk=5)  # several LM-head chunks
+    with torch.inference_mode():
+        logp = llm.engine.model(torch.tensor([ids]))[0, :-1].float().log_softmax(-1)
+    assert [s.token_id for s in scored] == ids[1:]
+    assert max(abs(s.logprob - float(logp[i, t])) for i, (s, t) in enumerate(zip(scored, ids[1:]))) < 1e-5
+    assert all(len(s.top) == 2 and s.top[0][1] >= s.top[1][1] and s.top[0][1] >= s.logprob - 1e-6 for s in scored)
+    assert llm.engine.stats().kv_blocks_used == 0 and llm.engine.prompt_logprobs(ids[:1]) == []
+    with pytest.raises(ValueError, match=r"prompt_logprobs: token id 99999 is outside the vocabulary \[0, 899\)"):
+        llm.engine.prompt_logprobs([1, 99999])
+    with pytest.raises(ValueError, match=r"prompt_logprobs: top=21 must be in \[0, 20\]"):
+        llm.engine.prompt_logprobs(ids, top=21)
