@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "kimi_k2.checkpoint.cli",
     "kimi_k2.engine.cli",
     "kimi_k2.server.cli",
+    "kimi_k2.eval.cli",
     "kimi_k2.train.cli",
 ]
 

@@ -10,6 +10,7 @@ work.
     async for delta in engine.generate("req-1", prompt_ids, SamplingParams(max_tokens=64)):
         ...  # delta.token_ids, delta.text, delta.finish_reason
     engine.abort("req-1")   # from anywhere; frees the request's KV blocks before the next step
+    await engine.prompt_logprobs(prompt_ids, top=1)   # teacher-forced logprobs of the prompt (echo, lm-eval)
     engine.stats()          # EngineStats: queue length, running, KV blocks used/free, prefix-cache hits
     engine.shutdown()
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from kimi_k2.engine.core import EngineStats, RequestOutput
 from kimi_k2.engine.llm import LLM
+from kimi_k2.engine.sampler import TokenLogprob
 from kimi_k2.engine.sampling_params import SamplingParams
 
 log = logging.getLogger("kimi_k2")
@@ -36,9 +38,9 @@ log = logging.getLogger("kimi_k2")
 @dataclass(slots=True)
 class _Sink:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    queue: asyncio.Queue[Any]  # RequestOutput deltas, a list of TokenLogprob (scoring) or an exception
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
@@ -86,6 +88,21 @@ class AsyncLLM:
             if not finished:
                 self.abort(request_id)
 
+    async def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """`EngineCore.prompt_logprobs` run on the engine thread between steps (never during one).
+
+        Invalid prompts (unknown token ids, too long) raise ValueError."""
+        if self._stopped or not self._thread.is_alive():
+            raise RuntimeError("AsyncLLM is shut down (or its engine thread failed: see the log)")
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
+        self._commands.put(("score", [int(t) for t in prompt_ids], top, sink))
+        if not self._thread.is_alive():
+            self._drain_commands(RuntimeError("the engine thread is not running"))
+        item = await sink.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     def abort(self, request_id: str) -> None:
         """Abort a request (thread-safe, returns at once); its stream ends with finish_reason "abort"."""
         self._commands.put(("abort", request_id))
@@ -122,8 +139,8 @@ class AsyncLLM:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command[0] == "add":
-                command[4].put(exc)
+            if command[0] in ("add", "score"):
+                command[-1].put(exc)
 
     def _serve(self) -> None:
         while True:
@@ -163,6 +180,12 @@ class AsyncLLM:
                 sink.put(exc)
                 return
             self._sinks[request_id] = sink
+        elif command[0] == "score":
+            _, prompt_ids, top, sink = command
+            try:
+                sink.put(self.core.prompt_logprobs(prompt_ids, top))
+            except Exception as exc:  # ValueError for a bad prompt; anything else must not kill the engine
+                sink.put(exc)
         elif command[0] == "abort":
             final = self.core.abort(command[1])
             if final is not None:

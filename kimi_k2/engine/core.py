@@ -293,6 +293,42 @@ class EngineCore:
             num_cached_tokens=seq.num_cached_tokens,
         )
 
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def prompt_logprobs(self, prompt_token_ids: Seq[int], top: int = 0, rows_per_chunk: int = 256) -> list[TokenLogprob]:
+        """Teacher-forced logprobs of prompt tokens 1..n-1 (token i given tokens 0..i-1) and their `top`
+        alternatives: what OpenAI's `echo` + `logprobs` reports and what lm-evaluation-harness sums as a
+        log-likelihood. Raw distribution over the sampleable vocabulary, exactly like sampled-token logprobs.
+
+        One full forward of the model's reference path, outside the KV pool (no blocks taken, no prefix-cache
+        entries made); the LM head runs `rows_per_chunk` positions at a time so the [n, V] logits never exist at
+        once. Called between steps (AsyncLLM runs it on the engine thread)."""
+        ids = [int(t) for t in prompt_token_ids]
+        vocab = self.cfg.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt_logprobs: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"prompt_logprobs: prompt has {len(ids)} tokens; the context limit is {self.max_model_len}")
+        if not 0 <= top <= 20:
+            raise ValueError(f"prompt_logprobs: top={top} must be in [0, 20]")
+        if len(ids) < 2:
+            return []
+        device = self.model.lm_head.weight.device
+        hidden = self.model.hidden_states(torch.tensor([ids], device=device))[0, :-1]  # (n-1, D)
+        targets = torch.tensor(ids[1:])
+        out: list[TokenLogprob] = []
+        for start in range(0, hidden.shape[0], rows_per_chunk):
+            logits = self.model.lm_head(hidden[start : start + rows_per_chunk]).float().cpu()  # (r, V)
+            if self.sampleable_vocab < logits.shape[-1]:
+                logits[:, self.sampleable_vocab :] = float("-inf")
+            logp = logits.log_softmax(-1)
+            chosen = logp.gather(1, targets[start : start + rows_per_chunk, None])[:, 0].tolist()
+            values, alt = logp.topk(top, dim=-1) if top else (logp[:, :0], logp[:, :0].long())
+            for r, target in enumerate(targets[start : start + rows_per_chunk].tolist()):
+                out.append(TokenLogprob(target, chosen[r], tuple(zip(alt[r].tolist(), values[r].tolist()))))
+        return out
+
     # ------------------------------------------------------------------ introspection
     def stats(self) -> EngineStats:
         bm = self.block_manager

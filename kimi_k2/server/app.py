@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kimi_k2.server import anthropic_api, openai_api
+from kimi_k2.server import anthropic_api, openai_api, tokenize_api
 from kimi_k2.server.auth import check_api_key
 from kimi_k2.server.errors import APIError, error_body
 from kimi_k2.server.metrics import CONTENT_TYPE
@@ -28,7 +28,7 @@ from kimi_k2.server.state import AsyncEngine, ClientDisconnected, ServerState
 log = logging.getLogger("kimi_k2")
 
 ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens",
-          "/health", "/metrics"}
+          "/health", "/metrics", "/tokenize", "/detokenize", "/tokenizer_info"}
 
 
 class AuthAndMetricsMiddleware:
@@ -130,6 +130,9 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_api_route("/v1/completions", openai_api.completions, methods=["POST"])
     app.add_api_route("/v1/messages", anthropic_api.messages, methods=["POST"])
     app.add_api_route("/v1/messages/count_tokens", anthropic_api.count_tokens, methods=["POST"])
+    app.add_api_route("/tokenizer_info", tokenize_api.tokenizer_info, methods=["GET"])  # vLLM's, for lm-eval
+    app.add_api_route("/tokenize", tokenize_api.tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", tokenize_api.detokenize, methods=["POST"])
     handlers: dict[Any, Any] = {
         APIError: _api_error,
         HTTPException: _http_error,

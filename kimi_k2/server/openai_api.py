@@ -10,6 +10,10 @@ Streaming follows the OpenAI wire format: a first chunk with `delta.role`, then 
 fragments), a last chunk with `finish_reason`, an optional usage-only chunk (`stream_options.include_usage`,
 with `usage: null` on every other chunk), then `data: [DONE]`. Errors after the stream started are sent as one
 `data: {"error": …}` event.
+
+Text completions score prompts the way lm-evaluation-harness's `local-completions` needs: `echo` with
+`logprobs` returns the prompt's tokens with their teacher-forced logprobs (the first one `null`), and
+`max_tokens: 0` (only with `echo`) generates nothing.
 """
 
 from __future__ import annotations
@@ -342,8 +346,14 @@ def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str
     return ids
 
 
-def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+def completion_logprobs(
+    tokenizer: Any, logprobs: list[TokenLogprob], offset: int, echoed: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """OpenAI's legacy logprobs object; `echoed` (from `echo_logprobs`) comes first when the prompt is echoed."""
     tokens, token_logprobs, top, offsets = [], [], [], []
+    if echoed is not None:
+        tokens, token_logprobs = list(echoed["tokens"]), list(echoed["token_logprobs"])
+        top, offsets = list(echoed["top_logprobs"]), list(echoed["text_offset"])
     for lp in logprobs:
         text = tokenizer.token_bytes(lp.token_id).decode("utf-8", errors="replace")
         tokens.append(text)
@@ -352,6 +362,17 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: in
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def echo_logprobs(tokenizer: Any, prompt_ids: list[int], scored: list[TokenLogprob]) -> dict[str, Any]:
+    """The echoed prompt's part of the logprobs object: the first token has none (nothing precedes it), as in
+    OpenAI's API; `scored` holds tokens 1..n-1 (`AsyncLLM.prompt_logprobs`)."""
+    if not prompt_ids:
+        return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    first = tokenizer.token_bytes(prompt_ids[0]).decode("utf-8", errors="replace")
+    rest = completion_logprobs(tokenizer, scored, len(first))
+    return {"tokens": [first, *rest["tokens"]], "token_logprobs": [None, *rest["token_logprobs"]],
+            "top_logprobs": [None, *rest["top_logprobs"]], "text_offset": [0, *rest["text_offset"]]}
 
 
 async def completions(request: Request) -> Response:
@@ -365,32 +386,53 @@ async def completions(request: Request) -> Response:
     if req.best_of not in (None, 1):
         raise bad_request(f"best_of={req.best_of} is not supported (only 1)", "best_of")
     prompt_ids = completion_prompt_ids(state, req.prompt)
-    state.check_lengths(len(prompt_ids), req.max_tokens, "max_tokens", "prompt")
-    params = _sampling(req, req.max_tokens, req.logprobs, [])
+    # max_tokens=0 scores the prompt and generates nothing (log-likelihood requests: echo + logprobs)
+    if req.max_tokens == 0 and not req.echo:
+        raise bad_request("max_tokens=0 needs echo=true: it returns the prompt (and its logprobs) and generates nothing",
+                          "max_tokens")
+    max_tokens = None if req.max_tokens == 0 else req.max_tokens
+    state.check_lengths(len(prompt_ids), max_tokens, "max_tokens", "prompt")
+    params = _sampling(req, max_tokens, req.logprobs, [])
     echo = state.tokenizer.decode(prompt_ids) if req.echo else ""
     slot = state.admission.admit()
     request_id = new_request_id("cmpl-")
-    outputs = generate(state, slot, request_id, prompt_ids, params, arrival)
+    echoed = None
+    if req.echo and req.logprobs is not None:
+        try:
+            echoed = echo_logprobs(state.tokenizer, prompt_ids, await state.engine.prompt_logprobs(prompt_ids, req.logprobs))
+        except ValueError as exc:  # the engine re-checks ids and length
+            slot.release()
+            raise bad_request(f"prompt: {exc}", "prompt") from None
+        except BaseException:
+            slot.release()
+            raise
+    outputs = None if req.max_tokens == 0 else generate(state, slot, request_id, prompt_ids, params, arrival)
+    if outputs is None:
+        slot.release()
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _completion_stream(state, request_id, outputs, echo, include_usage, req.logprobs is not None)
+        events = _completion_stream(state, request_id, outputs, len(prompt_ids), echo, echoed, include_usage,
+                                    req.logprobs is not None)
         body = stream_with_errors(events, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
 
     async def full() -> dict[str, Any]:
         text, logprobs, last = echo, [], None
-        try:
-            async for out, _ in outputs:
-                text += out.text
-                logprobs += out.logprobs or []
-                last = out
-        finally:
-            await outputs.aclose()
+        if outputs is None:
+            last = _prompt_only(request_id, len(prompt_ids))
+        else:
+            try:
+                async for out, _ in outputs:
+                    text += out.text
+                    logprobs += out.logprobs or []
+                    last = out
+            finally:
+                await outputs.aclose()
         last = final_output(last)
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo)) if req.logprobs is not None else None,
+            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo), echoed) if req.logprobs is not None else None,
             "finish_reason": last.finish_reason,
         }
         return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": state.model_name,
@@ -399,11 +441,18 @@ async def completions(request: Request) -> Response:
     return JSONResponse(await cancel_on_disconnect(request, full(), slot))
 
 
+def _prompt_only(request_id: str, num_prompt_tokens: int) -> RequestOutput:
+    """The outcome of a `max_tokens: 0` request: nothing generated, stopped by the length limit."""
+    return RequestOutput(request_id, [], finished=True, finish_reason="length", num_prompt_tokens=num_prompt_tokens)
+
+
 async def _completion_stream(
     state: ServerState,
     request_id: str,
-    outputs: AsyncIterator[tuple[RequestOutput, float]],
+    outputs: AsyncIterator[tuple[RequestOutput, float]] | None,
+    num_prompt_tokens: int,
     echo: str,
+    echoed: dict[str, Any] | None,
     include_usage: bool,
     want_logprobs: bool,
 ) -> AsyncIterator[str]:
@@ -417,17 +466,20 @@ async def _completion_stream(
                          **usage_field})
 
     if echo:
-        yield chunk(echo)
+        yield chunk(echo, logprobs=echoed)
     last: RequestOutput | None = None
-    try:
-        async for out, _ in outputs:
-            last = out
-            logprobs = completion_logprobs(state.tokenizer, out.logprobs or [], offset) if want_logprobs else None
-            if out.text or logprobs:
-                yield chunk(out.text, logprobs=logprobs)
-            offset += len(out.text)
-    finally:
-        await outputs.aclose()
+    if outputs is None:
+        last = _prompt_only(request_id, num_prompt_tokens)
+    else:
+        try:
+            async for out, _ in outputs:
+                last = out
+                logprobs = completion_logprobs(state.tokenizer, out.logprobs or [], offset) if want_logprobs else None
+                if out.text or logprobs:
+                    yield chunk(out.text, logprobs=logprobs)
+                offset += len(out.text)
+        finally:
+            await outputs.aclose()
     last = final_output(last)
     yield chunk("", last.finish_reason)
     if include_usage:
