@@ -79,11 +79,16 @@ def test_stop_string_cuts_text_and_never_leaks_into_the_stream(text_llm):
 def test_hf_checkpoint_defaults_and_pool_sized_by_planner(tmp_path):
     hf = make_hf_model("q_lora", seed=3)
     directory = save_hf_model(hf, tmp_path / "ckpt")
-    (directory / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "eos_token_id": [1, 5]}))
+    generation = {"temperature": 0.3, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05,
+                  "eos_token_id": [1, 5], "do_sample": True}
+    (directory / "generation_config.json").write_text(json.dumps(generation))
     budget = 3 * 2**20 + 12345
     llm = LLM(directory, kv_cache_memory=budget, block_size=8)
     assert llm.default_temperature == 0.3
     assert llm.default_stop_token_ids == [1, 5]
+    assert llm.sampling_defaults == {"temperature": 0.3, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05}
+    defaults = llm.default_sampling_params()
+    assert (defaults.top_p, defaults.top_k, defaults.min_p, defaults.repetition_penalty) == (0.95, 20, 0.01, 1.05)
     stats = llm.stats()
     assert stats.kv_blocks_total == kv_pool_blocks(llm.config, budget, 8, 4)
     assert stats.kv_pool_bytes == stats.kv_blocks_total * kv_block_bytes(llm.config, 8, 4) <= budget
@@ -132,6 +137,16 @@ def test_async_engine_streams_concurrent_requests_and_aborts():
     assert seen[-1].finished and seen[-1].finish_reason == "abort" and len(seen) < 10
     stats = engine.stats()
     assert stats.kv_blocks_used == 0 and stats.num_running == 0 and stats.num_waiting == 0
+
+
+def test_a_bad_generation_config_value_names_the_file_and_field():
+    from kimi_k2.engine.llm import sampling_defaults
+
+    with pytest.raises(ValueError, match="ckpt/generation_config.json: top_p=1.5"):
+        sampling_defaults({"top_p": 1.5}, "ckpt/generation_config.json")
+    with pytest.raises(ValueError, match="generation_config.json: top_k='40' is not a number"):
+        sampling_defaults({"top_k": "40"})
+    assert sampling_defaults({"temperature": None, "max_new_tokens": 9}) == {}
 
 
 def test_sampler_filters():

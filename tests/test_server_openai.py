@@ -128,6 +128,51 @@ def test_sampling_parameters_reach_the_engine(srv, client, prompts):
     assert (params.presence_penalty, params.frequency_penalty, params.stop) == (0.5, 0.25, ["zz"])
 
 
+def test_vllm_request_fields_are_honoured(srv, client, prompts):
+    srv.script("a b c d")
+    extras = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "skip_special_tokens": False}
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], max_tokens=8,
+                                           extra_body={**extras, "ignore_eos": True})
+    params = prompts[-1][1]
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.skip_special_tokens) == (5, 0.1, 1.2, False)
+    # the end-of-turn token no longer stops the reply
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 8
+    assert reply.choices[0].message.content == "a b c d"  # the chat parser drops end-of-turn markers
+    raw = client.completions.create(model=MODEL_NAME, prompt="<|im_assistant|>assistant<|im_middle|>", max_tokens=6,
+                                    extra_body={"ignore_eos": True, "skip_special_tokens": False})
+    assert raw.choices[0].text == "a b c d<|im_end|><|im_end|>"  # special tokens kept in the text
+    b_id = srv.tok.encode("a b c d")[1]
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"stop_token_ids": [b_id]})
+    assert reply.choices[0].message.content == "a" and reply.choices[0].finish_reason == "stop"
+    srv.script("a")
+    reply = client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=6, extra_body={"min_tokens": 4})
+    assert reply.usage.completion_tokens >= 4 and prompts[-1][1].min_tokens == 4  # stops ignored before 4 tokens
+
+
+def test_chat_template_kwargs_reach_the_template(srv, client, prompts, monkeypatch):
+    template = "{{ greeting | default('none') }}|{% for m in messages %}{{ m.content }}{% endfor %}<|im_assistant|>assistant<|im_middle|>"
+    monkeypatch.setattr(srv.tok, "chat_template", template)
+    srv.script("ok")
+    client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"greeting": "hey"}})
+    assert srv.tok.decode(prompts[-1][0]).startswith("hey|x")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"tools": []}})
+    assert info.value.body["param"] == "chat_template_kwargs" and "'tools'" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "needle"),
+    [({"guided_json": {"type": "object"}}, "guided_json", "unsupported parameter 'guided_json'"),
+     ({"use_beam_search": True}, "use_beam_search", "unsupported parameter 'use_beam_search'"),
+     ({"stop_token_ids": [10**9]}, "stop_token_ids", "outside the vocabulary"),
+     ({"min_tokens": 9, "max_tokens": 4}, "min_tokens", "min_tokens=9")],
+)
+def test_vllm_fields_that_cannot_be_honoured_are_named(client, extra, param, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body=extra)
+    assert info.value.body["param"] == param and needle in info.value.message
+
+
 def test_logprobs_are_returned_per_token(srv, client):
     srv.script("abc")
     reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], logprobs=True, top_logprobs=2)

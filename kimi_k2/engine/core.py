@@ -151,19 +151,29 @@ class EngineCore:
         )
 
     # ------------------------------------------------------------------ requests
+    def check_request(self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str = "") -> None:
+        """Raise ValueError for a request `add_request` would refuse (thread-safe: reads only fixed limits), so a
+        server can answer 400 before it starts streaming."""
+        where = f"request {request_id!r}: " if request_id else ""
+        if not prompt_token_ids:
+            raise ValueError(f"{where}the prompt is empty: it needs at least one token")
+        vocab = self.cfg.vocab_size
+        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"{where}token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"{where}prompt has {len(prompt_token_ids)} tokens; the context limit is {self.max_model_len}"
+            )
+        if params.stop and self.tokenizer is None:
+            raise ValueError(f"{where}stop strings need a tokenizer; this engine has none")
+
     def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams | None = None) -> None:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
         params = (params or SamplingParams()).with_defaults(self.default_temperature)
         prompt = [int(t) for t in prompt_token_ids]
-        vocab = self.cfg.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"request {request_id!r}: token id {bad[0]} is outside the vocabulary [0, {vocab})")
-        if len(prompt) >= self.max_model_len:
-            raise ValueError(
-                f"request {request_id!r}: prompt has {len(prompt)} tokens; the context limit is {self.max_model_len}"
-            )
+        self.check_request(prompt, params, request_id)
         room = self.max_model_len - len(prompt)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_token_ids)
@@ -172,8 +182,6 @@ class EngineCore:
         if not params.greedy:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
             generator = torch.Generator().manual_seed(seed)
-        if params.stop and self.tokenizer is None:
-            raise ValueError(f"request {request_id!r}: stop strings need a tokenizer; this engine has none")
         detokenizer = None
         if self.tokenizer is not None:
             detokenizer = self.tokenizer.detokenizer(

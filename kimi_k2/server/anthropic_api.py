@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kimi_k2.engine.core import RequestOutput
+from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
     AssembledCall,
@@ -225,16 +226,18 @@ def _content_blocks(assembled: OutputAssembler) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------- routes
+def _count_tokens(state: ServerState, body: bytes) -> int:
+    return len(_prompt(state, s.parse_body(s.CountTokensRequest, body)).prompt_ids)
+
+
 async def count_tokens(request: Request) -> Response:
     state: ServerState = request.app.state.server
-    req = s.parse_body(s.CountTokensRequest, await request.body())
-    return JSONResponse({"input_tokens": len(_prompt(state, req).prompt_ids)})
+    return JSONResponse({"input_tokens": await state.off_loop(_count_tokens, state, await request.body())})
 
 
-async def messages(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.MessagesRequest, await request.body())
+def _prepare(state: ServerState, body: bytes) -> tuple[s.MessagesRequest, ChatPrompt, SamplingParams]:
+    """Everything a Messages request needs before it runs: parsed, validated, rendered, tokenized (in a thread)."""
+    req = s.parse_body(s.MessagesRequest, body)
     prompt = _prompt(state, req)
     state.check_lengths(len(prompt.prompt_ids), req.max_tokens, "max_tokens")
     stops = list(req.stop_sequences or [])
@@ -242,13 +245,23 @@ async def messages(request: Request) -> Response:
         raise bad_request("stop_sequences: stop sequences must be non-empty", "stop_sequences")
     params = make_params(
         temperature=req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
+        top_p=state.sampling_default("top_p", req.top_p, 1.0),
+        top_k=int(state.sampling_default("top_k", req.top_k, 0)),
+        min_p=state.sampling_default("min_p", None, 0.0),
+        repetition_penalty=state.sampling_default("repetition_penalty", None, 1.0),
         max_tokens=req.max_tokens,
         stop=stops,
         stop_token_ids=prompt.stop_token_ids,
     )
-    slot = state.admission.admit()
+    state.check_engine_request(prompt.prompt_ids, params)
+    return req, prompt, params
+
+
+async def messages(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    req, prompt, params = await state.off_loop(_prepare, state, await request.body())
+    slot = state.admit()
     message_id = new_request_id("msg_")
     outputs = generate(state, slot, message_id, prompt.prompt_ids, params, arrival)
     if req.stream:

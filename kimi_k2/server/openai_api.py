@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from kimi_k2.engine.core import RequestOutput
 from kimi_k2.engine.sampler import TokenLogprob
+from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
     ChatPrompt,
@@ -136,18 +137,25 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def _sampling(req: s.SamplingFields, max_tokens: int | None, logprobs: int | None, stop_ids: list[int]) -> Any:
+def _sampling(state: ServerState, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
+              stop_ids: list[int]) -> SamplingParams:
+    """SamplingParams of a request; fields it leaves out take the checkpoint's defaults (generation_config.json)."""
+    if req.stop_token_ids:
+        state.check_token_ids(req.stop_token_ids, "stop_token_ids")
     return make_params(
         temperature=req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
+        top_p=state.sampling_default("top_p", req.top_p, 1.0),
+        top_k=int(state.sampling_default("top_k", req.top_k, 0)),
+        min_p=state.sampling_default("min_p", req.min_p, 0.0),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        repetition_penalty=state.sampling_default("repetition_penalty", req.repetition_penalty, 1.0),
         max_tokens=max_tokens,
+        min_tokens=req.min_tokens or 0,
         stop=_stops(req.stop),
-        stop_token_ids=stop_ids,
+        stop_token_ids=[*stop_ids, *(req.stop_token_ids or [])],
+        ignore_eos=bool(req.ignore_eos),
+        skip_special_tokens=req.skip_special_tokens is not False,
         seed=req.seed,
         logprobs=logprobs,
     )
@@ -220,10 +228,9 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [entry]})
 
 
-async def chat_completions(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.ChatCompletionRequest, await request.body())
+def _prepare_chat(state: ServerState, body: bytes) -> tuple[s.ChatCompletionRequest, ChatPrompt, SamplingParams]:
+    """Everything a chat request needs before it runs: parsed, validated, rendered, tokenized (in a worker thread)."""
+    req = s.parse_body(s.ChatCompletionRequest, body)
     state.check_model(req.model)
     _reject_unsupported(req)
     if req.response_format is not None and req.response_format.type != "text":
@@ -235,13 +242,21 @@ async def chat_completions(request: Request) -> Response:
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
     messages = openai_messages(req.messages)
     check_tool_results(messages)
-    prompt = build_prompt(state.tokenizer, messages, tools, choice)
+    prompt = build_prompt(state.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     state.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _sampling(req, max_tokens, logprobs, prompt.stop_token_ids)
-    slot = state.admission.admit()
+    params = _sampling(state, req, max_tokens, logprobs, prompt.stop_token_ids)
+    state.check_engine_request(prompt.prompt_ids, params)
+    return req, prompt, params
+
+
+async def chat_completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    req, prompt, params = await state.off_loop(_prepare_chat, state, await request.body())
+    slot = state.admit()
     request_id = new_request_id("chatcmpl-")
     outputs = generate(state, slot, request_id, prompt.prompt_ids, params, arrival)
     if req.stream:
@@ -329,7 +344,10 @@ async def _chat_stream(
 # ----------------------------------------------------------------------------------------------------- completions
 def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
     if isinstance(prompt, str):
-        return state.tokenizer.encode(prompt, allow_special=True)
+        ids = state.tokenizer.encode(prompt, allow_special=True)
+        if not ids:
+            raise bad_request("prompt: must not be empty", "prompt")
+        return ids
     if not prompt:
         raise bad_request("prompt: must not be empty", "prompt")
     if isinstance(prompt[0], int):
@@ -354,10 +372,9 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: in
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
-async def completions(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.CompletionRequest, await request.body())
+def _prepare_completion(state: ServerState, body: bytes) -> tuple[s.CompletionRequest, list[int], SamplingParams, str]:
+    """(request, prompt ids, sampling params, echoed text) of a completion request (in a worker thread)."""
+    req = s.parse_body(s.CompletionRequest, body)
     state.check_model(req.model)
     _reject_unsupported(req)
     if req.suffix:
@@ -366,9 +383,17 @@ async def completions(request: Request) -> Response:
         raise bad_request(f"best_of={req.best_of} is not supported (only 1)", "best_of")
     prompt_ids = completion_prompt_ids(state, req.prompt)
     state.check_lengths(len(prompt_ids), req.max_tokens, "max_tokens", "prompt")
-    params = _sampling(req, req.max_tokens, req.logprobs, [])
+    params = _sampling(state, req, req.max_tokens, req.logprobs, [])
+    state.check_engine_request(prompt_ids, params)
     echo = state.tokenizer.decode(prompt_ids) if req.echo else ""
-    slot = state.admission.admit()
+    return req, prompt_ids, params, echo
+
+
+async def completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    req, prompt_ids, params, echo = await state.off_loop(_prepare_completion, state, await request.body())
+    slot = state.admit()
     request_id = new_request_id("cmpl-")
     outputs = generate(state, slot, request_id, prompt_ids, params, arrival)
     if req.stream:

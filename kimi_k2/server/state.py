@@ -1,11 +1,15 @@
 """The server's shared state and the one path every generation takes through the engine.
 
 `ServerState` holds the engine, the tokenizer, the served model name and limits, the admission queue and the
-metrics. `generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
+metrics. `off_loop()` runs a request's CPU work (JSON validation, template rendering, tokenization) in a worker
+thread, so no request body, however hostile, holds the event loop that serves `/health` and every open stream.
+`generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
 records per-token arrival times for the latency histograms, and in its `finally` aborts the engine request if
 it did not finish — whatever ended the iteration (client disconnect, cancellation, an error while sending) —
 so its KV blocks are freed at once. `EngineStreamingResponse` makes sure that `finally` runs promptly when a
 streaming client goes away (Starlette cancels the sending task; we close the body generator under a shield).
+On shutdown, `cut_streams()` aborts every running request: each stream then ends with the documented in-band
+error event (a 503), instead of stopping mid-stream when the server's grace period runs out.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 from kimi_k2.engine.core import RequestOutput
-from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.engine.sampling_params import SamplingParams, SamplingParamsError
 from kimi_k2.server.errors import APIError, bad_request
 from kimi_k2.server.metrics import ServerMetrics
 from kimi_k2.server.queue import AdmissionQueue, Slot
@@ -33,6 +38,9 @@ from kimi_k2.server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 
 log = logging.getLogger("kimi_k2")
 T = TypeVar("T")
+P = ParamSpec("P")
+DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20  # a 256K-token conversation is a few MB of JSON
+PREP_THREADS = 4  # requests whose bodies are parsed, rendered and tokenized at once (off the event loop)
 
 
 class AsyncEngine(Protocol):
@@ -55,11 +63,36 @@ class ServerState:
     admission: AdmissionQueue
     api_key: str | None = None
     reasoning: bool = True  # split <think>…</think> into reasoning_content / thinking blocks
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
+    allowed_origins: frozenset[str] = frozenset()  # browser Origins allowed to call the API ("*": any)
+    check_request: Callable[[list[int], SamplingParams], None] | None = None  # the engine's own admission checks
+    sampling_defaults: dict[str, float] = field(default_factory=dict)  # generation_config.json's, by field name
     created: int = field(default_factory=lambda: int(time.time()))
     metrics: ServerMetrics = field(init=False)
+    shutting_down: bool = field(default=False, init=False)
+    _running: set[str] = field(default_factory=set, init=False)  # request ids between engine add and finish
+    _prep: anyio.CapacityLimiter | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.live_stats)
+
+    async def off_loop(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`func(*args)` in a worker thread (at most PREP_THREADS at once); its APIError propagates as is."""
+        if self._prep is None:
+            self._prep = anyio.CapacityLimiter(PREP_THREADS)
+        return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._prep)
+
+    def admit(self) -> Slot:
+        """An admission slot (429 when full); 503 once the server is shutting down."""
+        if self.shutting_down:
+            raise APIError(503, "the server is shutting down: it accepts no new requests")
+        return self.admission.admit()
+
+    def cut_streams(self) -> None:
+        """Shutdown: abort every running request; each one ends with a 503 error (in-band for streams)."""
+        self.shutting_down = True
+        for request_id in list(self._running):
+            self.engine.abort(request_id)
 
     def live_stats(self) -> dict[str, float]:
         stats = self.engine.stats()
@@ -99,10 +132,28 @@ class ServerState:
                 "context_length_exceeded",
             )
 
+    def sampling_default(self, name: str, value: float | None, neutral: float) -> float:
+        """A request's sampling field, else the checkpoint's default (generation_config.json), else `neutral`."""
+        if value is not None:
+            return value
+        return self.sampling_defaults.get(name, neutral)
+
+    def check_engine_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """What the engine would refuse once the stream has started, refused now as a 400."""
+        if self.check_request is None:
+            return
+        try:
+            self.check_request(prompt_ids, params)
+        except ValueError as exc:
+            raise bad_request(str(exc), getattr(exc, "field", None)) from None
+
     def check_token_ids(self, ids: list[int], where: str) -> None:
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise bad_request(f"{where}: token id {bad} is outside the vocabulary [0, {self.vocab_size})", where)
+
+
+SHUTDOWN_MESSAGE = "the server is shutting down: this request was stopped before it finished; retry on another server"
 
 
 def final_output(last: RequestOutput | None) -> RequestOutput:
@@ -110,7 +161,7 @@ def final_output(last: RequestOutput | None) -> RequestOutput:
     if last is None or not last.finished:
         raise APIError(500, "the engine stopped producing output before the request finished")
     if last.finish_reason == "abort":
-        raise APIError(503, "the request was aborted by the engine (is the server shutting down?)")
+        raise APIError(503, SHUTDOWN_MESSAGE)
     return last
 
 
@@ -118,6 +169,8 @@ def make_params(**kwargs: Any) -> SamplingParams:
     """SamplingParams from request fields; its own validation errors become 400s naming the field."""
     try:
         return SamplingParams(**kwargs)
+    except SamplingParamsError as exc:
+        raise bad_request(str(exc).removeprefix("SamplingParams."), exc.field) from None
     except ValueError as exc:
         raise bad_request(str(exc).removeprefix("SamplingParams.")) from None
 
@@ -142,6 +195,7 @@ async def generate(
     times: list[float] = []
     last: RequestOutput | None = None
     stream = state.engine.generate(request_id, prompt_ids, params)
+    state._running.add(request_id)
     try:
         while True:
             try:
@@ -157,6 +211,7 @@ async def generate(
             if out.finished:
                 break
     finally:
+        state._running.discard(request_id)
         with anyio.CancelScope(shield=True):
             await stream.aclose()  # type: ignore[attr-defined]
         slot.release()
