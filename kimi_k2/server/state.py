@@ -74,7 +74,7 @@ class ServerState:
     _prep: anyio.CapacityLimiter | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.live_stats)
+        self.metrics = ServerMetrics(self.live_stats, model_name=self.model_name)
 
     async def off_loop(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`func(*args)` in a worker thread (at most PREP_THREADS at once); its APIError propagates as is."""
