@@ -1,8 +1,8 @@
 """Options that `generate`, `chat` and `serve` share: one name, one unit and one error message each.
 
 `--model` takes a checkpoint directory or a Hugging Face Hub id (`moonshotai/Kimi-K2-Instruct`), resolved
-through the local Hugging Face cache only (`HF_HOME` / `HF_HUB_CACHE` respected): nothing is downloaded; an id
-that is not cached is an error that says how to download it. `--dtype auto` is the checkpoint's own dtype
+through the local Hugging Face cache only (`kimi_k2/hub.py`): nothing is downloaded; an id that is not cached
+is an error that says how to download it. `--dtype auto` is the checkpoint's own dtype
 (`torch_dtype` in `config.json`; bf16 for the official bf16 and FP8 checkpoints). Sizes take units
 (`--kv-memory 2GiB`) and a bad value says what is expected, through argparse's own error path.
 
@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kimi_k2.hub import resolve_checkpoint
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
           "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def parse_bytes(text: str, option: str = "--kv-memory") -> int:
@@ -80,32 +81,7 @@ def resolve_model(model: str | Path | None) -> Path:
         from kimi_k2.assets import default_model_dir
 
         return default_model_dir()
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    text = str(model)
-    if path.exists():
-        raise FileNotFoundError(f"--model {text}: not a directory (a checkpoint is a directory with config.json)")
-    if not HUB_ID.fullmatch(text) or text.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"--model {text}: no such directory")
-    return hub_snapshot(text)
-
-
-def hub_snapshot(repo_id: str) -> Path:
-    """The cached snapshot directory of a Hub model (revision `main`), without any network access."""
-    try:
-        from huggingface_hub import constants, snapshot_download
-    except ImportError:
-        raise FileNotFoundError(f"--model {repo_id}: no such directory (to use a Hub id from the Hugging Face cache, "
-                                "install huggingface_hub)") from None
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as exc:  # LocalEntryNotFoundError and friends: the message names the cache it looked in
-        raise FileNotFoundError(
-            f"--model {repo_id}: no such directory, and not in the Hugging Face cache {constants.HF_HUB_CACHE} "
-            f"({type(exc).__name__}); nothing is downloaded automatically: fetch it with "
-            f"`hf download {repo_id}` (or pass a directory)"
-        ) from None
+    return resolve_checkpoint(model, "--model")
 
 
 def auto_dtype(config: Any) -> str:

@@ -22,6 +22,7 @@ import torch
 
 from kimi_k2.engine.core import EngineCore, EngineStats, RequestOutput
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
+from kimi_k2.hub import resolve_checkpoint
 from kimi_k2.jsonfile import read_json_object
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
@@ -67,7 +68,7 @@ def _as_ids(value: Any) -> list[int]:
 class LLM:
     """Batch and streaming generation on one model with a paged latent KV cache and continuous batching.
 
-    `model`: a checkpoint directory (HF layout) or a `KimiK2ForCausalLM`. `tokenizer`: a tokenizer object, a
+    `model`: a checkpoint directory (HF layout), a Hub id cached locally (`kimi_k2.hub`) or a `KimiK2ForCausalLM`. `tokenizer`: a tokenizer object, a
     directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
     `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
     The other keywords are `EngineCore`'s.
@@ -89,9 +90,7 @@ class LLM:
             self.model = model.eval()
             source: Path | None = None
         else:
-            source = Path(model)
-            if not source.is_dir():
-                raise FileNotFoundError(f"checkpoint directory not found: {source}")
+            source = resolve_checkpoint(model, "checkpoint")  # a directory, or a Hub id in the local HF cache
             from kimi_k2.checkpoint.loader import load_model
 
             self.model = load_model(source, dtype=dtype)
