@@ -297,3 +297,33 @@ def test_api_key_from_flag_file_or_environment(tmp_path):
     with pytest.raises(SystemExit):  # one source on the command line at a time
         serve_args("--api-key", "a", "--api-key-file", str(key_file))
     serve_cli.check_exposure("0.0.0.0", serve_cli.api_key(serve_args(), env), insecure=False)  # env key: allowed
+
+
+def test_requests_waiting_to_be_parsed_are_bounded(tok):
+    with scripted_server(tok, max_num_seqs=1, max_queue=1) as srv:  # capacity 2
+        srv.script("ok")
+        gate = threading.Event()
+        original = srv.state.off_loop
+
+        async def slow_off_loop(func, *args, **kwargs):
+            def held(*a, **k):
+                gate.wait(20)
+                return func(*a, **k)
+            return await original(held, *args, **kwargs)
+
+        srv.state.off_loop = slow_off_loop
+        replies: list[httpx.Response] = []
+        senders = [threading.Thread(target=lambda: replies.append(httpx.post(srv.url + CHAT, json=chat_body(), timeout=30)))
+                   for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        deadline = time.monotonic() + 10
+        while srv.state._preparing < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = httpx.post(srv.url + CHAT, json=chat_body())
+        gate.set()
+        for sender in senders:
+            sender.join()
+        assert refused.status_code == 429 and "being parsed" in openai_error(refused)["message"]
+        assert refused.headers["retry-after"] == "1"
+        assert [r.status_code for r in replies] == [200, 200] and srv.state._preparing == 0

@@ -72,15 +72,26 @@ class ServerState:
     shutting_down: bool = field(default=False, init=False)
     _running: set[str] = field(default_factory=set, init=False)  # request ids between engine add and finish
     _prep: anyio.CapacityLimiter | None = field(default=None, init=False)
+    _preparing: int = field(default=0, init=False)  # requests in or waiting for a preparation thread
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.live_stats, model_name=self.model_name)
 
     async def off_loop(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`func(*args)` in a worker thread (at most PREP_THREADS at once); its APIError propagates as is."""
+        """`func(*args)` in a worker thread (at most PREP_THREADS at once); its APIError propagates as is.
+
+        At most `admission.capacity` requests may wait for a thread (each holds its body in memory): the next
+        one gets 429 at once, like a full queue."""
         if self._prep is None:
             self._prep = anyio.CapacityLimiter(PREP_THREADS)
-        return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._prep)
+        if self._preparing >= self.admission.capacity:
+            raise APIError(429, f"server is at capacity: {self._preparing} requests are being parsed and tokenized "
+                                "(the limit is the admission capacity); retry later", code="queue_full")
+        self._preparing += 1
+        try:
+            return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._prep)
+        finally:
+            self._preparing -= 1
 
     def admit(self) -> Slot:
         """An admission slot (429 when full); 503 once the server is shutting down."""
