@@ -1,7 +1,7 @@
 """Hugging Face Hub ids as local directories: `moonshotai/Kimi-K2-Instruct` -> its snapshot in the local HF cache.
 
-Wherever a checkpoint directory is accepted (`LLM`, `kimi-k2 serve/generate/chat --model`, `info`, `plan`), a Hub
-id may stand in for it. It is resolved through the local cache only (`huggingface_hub.snapshot_download` with
+Wherever a checkpoint directory is accepted (`LLM`, `kimi-k2 serve/generate/chat --model`, `info`, `plan`,
+`verify`, `convert`'s source), a Hub id may stand in for it. It is resolved through the local cache only (`huggingface_hub.snapshot_download` with
 `local_files_only=True`: `HF_HOME` / `HF_HUB_CACHE` and offline mode respected); nothing is ever downloaded —
 K2's weights are a terabyte, and fetching them is the user's explicit decision (`hf download ID`). An existing
 path always wins over a Hub id of the same spelling.

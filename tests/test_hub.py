@@ -37,6 +37,7 @@ def test_hub_ids_resolve_to_the_cached_snapshot(hub_cache):
     llm = LLM("test-org/nano-k2", num_kv_blocks=16)
     assert llm.tokenizer is not None and llm.config.vocab_size == resolve_config(str(snapshot)).vocab_size
     assert main(["info", "test-org/nano-k2"]) == 0
+    assert main(["verify", "test-org/nano-k2"]) == 0
 
 
 def test_an_uncached_hub_id_says_where_it_looked_and_downloads_nothing(hub_cache):
