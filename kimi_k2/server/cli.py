@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-origins", default="", metavar="ORIGINS",
                    help="comma-separated browser origins allowed to call the API (e.g. http://localhost:3000; * for "
                         "any); requests from other origins get 403")
-    p.add_argument("--max-request-bytes", type=size_type("--max-request-bytes"), default="16MiB", metavar="SIZE",
-                   help="largest request body (default 16MiB); larger ones get 413")
+    p.add_argument("--max-request-bytes", type=size_type("--max-request-bytes"), default="8MiB", metavar="SIZE",
+                   help="largest request body (default 8MiB); larger ones get 413")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait beyond the running batch; more get 429")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the directory name)")
     p.add_argument("--max-num-seqs", type=positive_int, default=64, help="sequences the engine batches at once")

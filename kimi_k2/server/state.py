@@ -39,7 +39,7 @@ from kimi_k2.server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 log = logging.getLogger("kimi_k2")
 T = TypeVar("T")
 P = ParamSpec("P")
-DEFAULT_MAX_REQUEST_BYTES = 16 * 2**20  # a 256K-token conversation is a few MB of JSON
+DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 256K-token conversation is at most a few MB of JSON
 PREP_THREADS = 4  # requests whose bodies are parsed, rendered and tokenized at once (off the event loop)
 
 
