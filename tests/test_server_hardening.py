@@ -12,6 +12,7 @@ import random
 import threading
 import time
 
+import anyio.to_thread
 import httpx
 import openai
 import pytest
@@ -128,10 +129,19 @@ def _hostile_text(n_words: int) -> str:
     return " ".join(rng.choice(words) + str(rng.randrange(1000)) for _ in range(n_words))
 
 
-def test_a_huge_request_in_flight_does_not_stall_health_or_other_streams(tok):
-    """A ~3 MB chat body takes a second or more to validate, render and tokenize (9-24 s froze the whole server before
-    this work moved off the event loop). Meanwhile /health and a running stream must stay responsive."""
-    hostile = json.dumps(chat_body(_hostile_text(400_000), max_tokens=4)).encode()
+def _hostile_body(kind: str) -> bytes:
+    if kind == "text":  # one huge message: rendering and tokenizing it takes a second or more
+        return json.dumps(chat_body(_hostile_text(400_000), max_tokens=4)).encode()
+    # ~3 MB of tiny messages: pydantic validates them without releasing the GIL (0.8 s of it in a thread)
+    return json.dumps({"model": MODEL_NAME, "max_tokens": 4, "messages": [{"role": "user", "content": "a"}] * 100_000}).encode()
+
+
+@pytest.mark.parametrize("kind", ["text", "structure"])
+def test_a_huge_request_in_flight_does_not_stall_health_or_other_streams(tok, kind):
+    """A hostile ~3 MB chat body takes a second or more to validate, render and tokenize (9-24 s froze the whole
+    server before this work moved out of the event loop's process). Meanwhile /health and a running stream must
+    stay responsive."""
+    hostile = _hostile_body(kind)
     with scripted_server(tok, max_model_len=1024, delay_s=0.01) as srv:
         srv.script(" ".join(f"w{i % 10}" for i in range(300)))
         done: dict[str, float] = {}
@@ -167,9 +177,10 @@ def test_a_huge_request_in_flight_does_not_stall_health_or_other_streams(tok):
                 time.sleep(0.02)
         sender.join()
         streamer.join()
-        assert done["status"] == 400  # 400k words do not fit a 1024-token context: refused, after the work
-        assert latencies and max(latencies) < 0.5, sorted(latencies)[-5:]
-        assert gaps and max(gaps) < 0.5, sorted(gaps)[-5:]
+        assert done["status"] == 400  # far beyond a 1024-token context: refused, after the work
+        # measured here: 30-40 ms at worst (in a preparation thread instead of a process: 0.5 s and 0.9 s)
+        assert latencies and max(latencies) < 0.3, sorted(latencies)[-5:]
+        assert gaps and max(gaps) < 0.3, sorted(gaps)[-5:]
         assert len(latencies) >= 10, "the hostile request finished too fast to test anything"
 
 
@@ -303,15 +314,13 @@ def test_requests_waiting_to_be_parsed_are_bounded(tok):
     with scripted_server(tok, max_num_seqs=1, max_queue=1) as srv:  # capacity 2
         srv.script("ok")
         gate = threading.Event()
-        original = srv.state.off_loop
+        original = srv.state.preparer.run
 
-        async def slow_off_loop(func, *args, **kwargs):
-            def held(*a, **k):
-                gate.wait(20)
-                return func(*a, **k)
-            return await original(held, *args, **kwargs)
+        async def held_run(func, body):  # preparation blocks until the gate opens
+            await anyio.to_thread.run_sync(gate.wait, 20)
+            return await original(func, body)
 
-        srv.state.off_loop = slow_off_loop
+        srv.state.preparer.run = held_run
         replies: list[httpx.Response] = []
         senders = [threading.Thread(target=lambda: replies.append(httpx.post(srv.url + CHAT, json=chat_body(), timeout=30)))
                    for _ in range(2)]

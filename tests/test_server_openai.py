@@ -7,6 +7,7 @@ reasons are exact; everything between the SDK and the engine is production code.
 from __future__ import annotations
 
 import json
+import pickle
 
 import httpx
 import openai
@@ -149,15 +150,21 @@ def test_vllm_request_fields_are_honoured(srv, client, prompts):
     assert reply.usage.completion_tokens >= 4 and prompts[-1][1].min_tokens == 4  # stops ignored before 4 tokens
 
 
-def test_chat_template_kwargs_reach_the_template(srv, client, prompts, monkeypatch):
+def test_chat_template_kwargs_reach_the_template(srv):
     template = "{{ greeting | default('none') }}|{% for m in messages %}{{ m.content }}{% endfor %}<|im_assistant|>assistant<|im_middle|>"
-    monkeypatch.setattr(srv.tok, "chat_template", template)
-    srv.script("ok")
-    client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"greeting": "hey"}})
-    assert srv.tok.decode(prompts[-1][0]).startswith("hey|x")
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"tools": []}})
-    assert info.value.body["param"] == "chat_template_kwargs" and "'tools'" in info.value.message
+    tok = pickle.loads(pickle.dumps(srv.tok))  # a copy with its own template (the server's workers copy theirs at start)
+    tok.chat_template = template
+    with scripted_server(tok, max_model_len=512) as own:
+        own.script("ok")
+        seen: list = []
+        original = own.engine.generate
+        own.engine.generate = lambda request_id, prompt_ids, params: seen.append(prompt_ids) or original(request_id, prompt_ids, params)
+        client = openai.OpenAI(base_url=own.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"greeting": "hey"}})
+        assert tok.decode(seen[-1]).startswith("hey|x")
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"tools": []}})
+        assert info.value.body["param"] == "chat_template_kwargs" and "'tools'" in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampler import SampleRequest, TokenLogprob, sample
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
 from kimi_k2.engine.scheduler import Scheduler
-from kimi_k2.engine.sequence import FinishReason, Sequence
+from kimi_k2.engine.sequence import FinishReason, Sequence, check_request
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 from kimi_k2.planner.kv import kv_bytes
 
@@ -152,21 +152,10 @@ class EngineCore:
 
     # ------------------------------------------------------------------ requests
     def check_request(self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str = "") -> None:
-        """Raise ValueError for a request `add_request` would refuse (thread-safe: reads only fixed limits), so a
-        server can answer 400 before it starts streaming."""
-        where = f"request {request_id!r}: " if request_id else ""
-        if not prompt_token_ids:
-            raise ValueError(f"{where}the prompt is empty: it needs at least one token")
-        vocab = self.cfg.vocab_size
-        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"{where}token id {bad[0]} is outside the vocabulary [0, {vocab})")
-        if len(prompt_token_ids) >= self.max_model_len:
-            raise ValueError(
-                f"{where}prompt has {len(prompt_token_ids)} tokens; the context limit is {self.max_model_len}"
-            )
-        if params.stop and self.tokenizer is None:
-            raise ValueError(f"{where}stop strings need a tokenizer; this engine has none")
+        """Raise ValueError for a request `add_request` would refuse (`sequence.check_request` with this
+        engine's limits)."""
+        check_request(prompt_token_ids, params, vocab_size=self.cfg.vocab_size, max_model_len=self.max_model_len,
+                      has_tokenizer=self.tokenizer is not None, request_id=request_id)
 
     def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams | None = None) -> None:
         if request_id in self._requests:

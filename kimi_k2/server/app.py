@@ -12,7 +12,8 @@ A 429 says when to retry (`Retry-After`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,7 +29,7 @@ from kimi_k2.server.errors import APIError, error_body
 from kimi_k2.server.guard import POST_ROUTES, check_json_content_type, check_origin, read_body, replay
 from kimi_k2.server.metrics import CONTENT_TYPE
 from kimi_k2.server.queue import AdmissionQueue
-from kimi_k2.server.state import DEFAULT_MAX_REQUEST_BYTES, AsyncEngine, ClientDisconnected, ServerState
+from kimi_k2.server.state import DEFAULT_MAX_REQUEST_BYTES, PREP_PROCESSES, AsyncEngine, ClientDisconnected, ServerState
 
 log = logging.getLogger("kimi_k2")
 
@@ -122,6 +123,7 @@ def server_state(
     reasoning: bool = True,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     allowed_origins: Iterable[str] = (),
+    prep_processes: int = PREP_PROCESSES,
 ) -> ServerState:
     """State for an `AsyncLLM`: limits (context, batch size, vocabulary) and request checks come from its core."""
     if max_request_bytes < 1:
@@ -141,13 +143,22 @@ def server_state(
         reasoning=reasoning,
         max_request_bytes=max_request_bytes,
         allowed_origins=frozenset(o.rstrip("/") for o in allowed_origins),
-        check_request=core.check_request,
+        engine_has_tokenizer=core.tokenizer is not None,
         sampling_defaults=dict(getattr(getattr(engine, "llm", None), "sampling_defaults", {})),
+        prep_processes=prep_processes,
     )
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="kimi-k2", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.preparer.warm()  # the preparation processes start while the server comes up
+        try:
+            yield
+        finally:
+            state.preparer.close()
+
+    app = FastAPI(title="kimi-k2", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = state
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])

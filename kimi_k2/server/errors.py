@@ -37,6 +37,9 @@ class APIError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: raised in the preparation processes, answered here
+        return (APIError, (self.status, self.message, self.param, self.code))
+
     @property
     def openai_type(self) -> str:
         return _TYPES.get(self.status, _TYPES[500 if self.status >= 500 else 400])[0]

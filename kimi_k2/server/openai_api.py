@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kimi_k2.engine.core import RequestOutput
-from kimi_k2.engine.sampler import TokenLogprob
 from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
@@ -36,6 +35,7 @@ from kimi_k2.server.chat import (
     validate_function,
 )
 from kimi_k2.server.errors import bad_request, openai_error_body
+from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import OPENAI_DONE, sse_data
 from kimi_k2.server.state import (
     EngineStreamingResponse,
@@ -48,6 +48,10 @@ from kimi_k2.server.state import (
     stream_with_errors,
 )
 from kimi_k2.tokenizer.events import ContentDelta, OutputEvent, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
+
+if TYPE_CHECKING:  # the preparation processes import this module: no torch at import time
+    from kimi_k2.engine.core import RequestOutput
+    from kimi_k2.engine.sampler import TokenLogprob
 
 
 # ----------------------------------------------------------------------------------------------------- requests
@@ -137,19 +141,19 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def _sampling(state: ServerState, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
+def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
               stop_ids: list[int]) -> SamplingParams:
     """SamplingParams of a request; fields it leaves out take the checkpoint's defaults (generation_config.json)."""
     if req.stop_token_ids:
-        state.check_token_ids(req.stop_token_ids, "stop_token_ids")
+        checks.check_token_ids(req.stop_token_ids, "stop_token_ids")
     return make_params(
         temperature=req.temperature,
-        top_p=state.sampling_default("top_p", req.top_p, 1.0),
-        top_k=int(state.sampling_default("top_k", req.top_k, 0)),
-        min_p=state.sampling_default("min_p", req.min_p, 0.0),
+        top_p=checks.sampling_default("top_p", req.top_p, 1.0),
+        top_k=int(checks.sampling_default("top_k", req.top_k, 0)),
+        min_p=checks.sampling_default("min_p", req.min_p, 0.0),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        repetition_penalty=state.sampling_default("repetition_penalty", req.repetition_penalty, 1.0),
+        repetition_penalty=checks.sampling_default("repetition_penalty", req.repetition_penalty, 1.0),
         max_tokens=max_tokens,
         min_tokens=req.min_tokens or 0,
         stop=_stops(req.stop),
@@ -228,10 +232,21 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [entry]})
 
 
-def _prepare_chat(state: ServerState, body: bytes) -> tuple[s.ChatCompletionRequest, ChatPrompt, SamplingParams]:
-    """Everything a chat request needs before it runs: parsed, validated, rendered, tokenized (in a worker thread)."""
+@dataclass(frozen=True)
+class PreparedChat:
+    """What a chat request needs to run, as the preparation process returns it."""
+
+    prompt: ChatPrompt
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
+    """Parse, validate, render and tokenize a chat request (in a preparation process)."""
     req = s.parse_body(s.ChatCompletionRequest, body)
-    state.check_model(req.model)
+    checks.check_model(req.model)
     _reject_unsupported(req)
     if req.response_format is not None and req.response_format.type != "text":
         raise bad_request(f"response_format type {req.response_format.type!r} is not supported (only 'text')", "response_format")
@@ -242,29 +257,29 @@ def _prepare_chat(state: ServerState, body: bytes) -> tuple[s.ChatCompletionRequ
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
     messages = openai_messages(req.messages)
     check_tool_results(messages)
-    prompt = build_prompt(state.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
+    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    state.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
+    checks.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _sampling(state, req, max_tokens, logprobs, prompt.stop_token_ids)
-    state.check_engine_request(prompt.prompt_ids, params)
-    return req, prompt, params
+    params = _sampling(checks, req, max_tokens, logprobs, prompt.stop_token_ids)
+    checks.check_engine_request(prompt.prompt_ids, params)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return PreparedChat(prompt, params, req.stream, include_usage, bool(req.logprobs))
 
 
 async def chat_completions(request: Request) -> Response:
     arrival = time.monotonic()
     state: ServerState = request.app.state.server
-    req, prompt, params = await state.off_loop(_prepare_chat, state, await request.body())
+    job = await state.prepare(prepare_chat, await request.body())
     slot = state.admit()
     request_id = new_request_id("chatcmpl-")
-    outputs = generate(state, slot, request_id, prompt.prompt_ids, params, arrival)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = _chat_stream(state, request_id, prompt, outputs, include_usage, req.logprobs or False)
+    outputs = generate(state, slot, request_id, job.prompt.prompt_ids, job.params, arrival)
+    if job.stream:
+        chunks = _chat_stream(state, request_id, job.prompt, outputs, job.include_usage, job.logprobs)
         body = stream_with_errors(chunks, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
-    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, prompt, outputs), slot))
+    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, job.prompt, outputs), slot))
 
 
 async def _chat_full(
@@ -342,9 +357,9 @@ async def _chat_stream(
 
 
 # ----------------------------------------------------------------------------------------------------- completions
-def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
+def completion_prompt_ids(checks: RequestChecks, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
     if isinstance(prompt, str):
-        ids = state.tokenizer.encode(prompt, allow_special=True)
+        ids = checks.tokenizer.encode(prompt, allow_special=True)
         if not ids:
             raise bad_request("prompt: must not be empty", "prompt")
         return ids
@@ -353,10 +368,10 @@ def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str
     if isinstance(prompt[0], int):
         ids = list(prompt)  # type: ignore[arg-type]
     elif len(prompt) == 1:
-        return completion_prompt_ids(state, prompt[0])  # type: ignore[arg-type]
+        return completion_prompt_ids(checks, prompt[0])  # type: ignore[arg-type]
     else:
         raise bad_request(f"prompt: a batch of {len(prompt)} prompts is not supported; send one prompt per request", "prompt")
-    state.check_token_ids(ids, "prompt")
+    checks.check_token_ids(ids, "prompt")
     return ids
 
 
@@ -372,33 +387,46 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: in
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
-def _prepare_completion(state: ServerState, body: bytes) -> tuple[s.CompletionRequest, list[int], SamplingParams, str]:
-    """(request, prompt ids, sampling params, echoed text) of a completion request (in a worker thread)."""
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """What a completion request needs to run, as the preparation process returns it."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    echo: str  # the prompt's text when `echo`, else ""
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+def prepare_completion(checks: RequestChecks, body: bytes) -> PreparedCompletion:
+    """Parse, validate and tokenize a completion request (in a preparation process)."""
     req = s.parse_body(s.CompletionRequest, body)
-    state.check_model(req.model)
+    checks.check_model(req.model)
     _reject_unsupported(req)
     if req.suffix:
         raise bad_request("suffix is not supported by this server", "suffix")
     if req.best_of not in (None, 1):
         raise bad_request(f"best_of={req.best_of} is not supported (only 1)", "best_of")
-    prompt_ids = completion_prompt_ids(state, req.prompt)
-    state.check_lengths(len(prompt_ids), req.max_tokens, "max_tokens", "prompt")
-    params = _sampling(state, req, req.max_tokens, req.logprobs, [])
-    state.check_engine_request(prompt_ids, params)
-    echo = state.tokenizer.decode(prompt_ids) if req.echo else ""
-    return req, prompt_ids, params, echo
+    prompt_ids = completion_prompt_ids(checks, req.prompt)
+    checks.check_lengths(len(prompt_ids), req.max_tokens, "max_tokens", "prompt")
+    params = _sampling(checks, req, req.max_tokens, req.logprobs, [])
+    checks.check_engine_request(prompt_ids, params)
+    echo = checks.tokenizer.decode(prompt_ids) if req.echo else ""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return PreparedCompletion(prompt_ids, params, echo, req.stream, include_usage, req.logprobs is not None)
 
 
 async def completions(request: Request) -> Response:
     arrival = time.monotonic()
     state: ServerState = request.app.state.server
-    req, prompt_ids, params, echo = await state.off_loop(_prepare_completion, state, await request.body())
+    job = await state.prepare(prepare_completion, await request.body())
     slot = state.admit()
     request_id = new_request_id("cmpl-")
-    outputs = generate(state, slot, request_id, prompt_ids, params, arrival)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _completion_stream(state, request_id, outputs, echo, include_usage, req.logprobs is not None)
+    outputs = generate(state, slot, request_id, job.prompt_ids, job.params, arrival)
+    echo = job.echo
+    if job.stream:
+        events = _completion_stream(state, request_id, outputs, echo, job.include_usage, job.logprobs)
         body = stream_with_errors(events, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
 
@@ -415,7 +443,7 @@ async def completions(request: Request) -> Response:
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo)) if req.logprobs is not None else None,
+            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo)) if job.logprobs else None,
             "finish_reason": last.finish_reason,
         }
         return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": state.model_name,
