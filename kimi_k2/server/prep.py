@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -100,6 +101,8 @@ _WORKER_CHECKS: RequestChecks | None = None
 def _init_worker(checks: RequestChecks) -> None:
     global _WORKER_CHECKS
     _WORKER_CHECKS = checks
+    # Ctrl-C reaches the whole process group; the server shuts the workers down itself, after its drain
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_in_worker(func: Prepare[T], body: bytes) -> T:
