@@ -9,8 +9,10 @@ sampling params, a few flags: small, since a runnable prompt fits the context), 
 
 `RequestChecks` is everything a preparation function knows about the server (the tokenizer, the served name,
 the limits, the checkpoint's sampling defaults) and is sent once to each worker when the pool starts. The pool
-is started in the background when the app starts (`warm`) and closed when it stops; `processes=0` runs the
-same functions in a thread instead (the test of the bound on waiting requests uses it).
+is started in the background when the app starts (`warm`) and closed when it stops. Workers are spawned, so
+they import the main module: a script that builds and runs the app itself needs the usual
+`if __name__ == "__main__":` guard. `processes=0` (`server_state(..., prep_processes=0)`) runs the same
+functions in a thread of the server's process instead: no extra processes, no isolation from the GIL.
 """
 
 from __future__ import annotations
