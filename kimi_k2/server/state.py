@@ -3,8 +3,7 @@
 `ServerState` holds the engine, the tokenizer, the served model name and limits, the admission queue and the
 metrics. `prepare()` runs a request's CPU work (JSON validation, template rendering, tokenization) in worker
 processes (`prep.py`), so no request body, however hostile, holds the event loop that serves `/health` and every
-open stream.
-`generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
+open stream. `generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
 records per-token arrival times for the latency histograms, and in its `finally` aborts the engine request if
 it did not finish — whatever ended the iteration (client disconnect, cancellation, an error while sending) —
 so its KV blocks are freed at once. `EngineStreamingResponse` makes sure that `finally` runs promptly when a
