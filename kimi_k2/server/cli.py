@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=size_type("--max-request-bytes"), default="8MiB", metavar="SIZE",
                    help="largest request body (default 8MiB); larger ones get 413")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait beyond the running batch; more get 429")
+    p.add_argument("--prep-processes", type=int, default=2, metavar="N",
+                   help="worker processes that parse, render and tokenize requests (default 2; 0: a thread of the "
+                        "server's process, no isolation from hostile bodies)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the directory name)")
     p.add_argument("--max-num-seqs", type=positive_int, default=64, help="sequences the engine batches at once")
     p.add_argument("--max-num-batched-tokens", type=positive_int, default=512,
@@ -135,6 +138,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
                          "(the model's max_position_embeddings)")
     if args.max_queue < 0:
         raise ValueError(f"--max-queue {args.max_queue}: must be >= 0")
+    if args.prep_processes < 0:
+        raise ValueError(f"--prep-processes {args.prep_processes}: must be >= 0")
     dtype = auto_dtype(cfg) if args.dtype == "auto" else args.dtype
     log.info("loading %s as %s", model_dir, dtype)
     llm = LLM(
@@ -155,7 +160,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         origins = [o.strip() for o in args.allowed_origins.split(",") if o.strip()]
         state = server_state(engine, name, api_key=key, max_queue=args.max_queue,
                              reasoning=not args.no_reasoning_parser, max_request_bytes=args.max_request_bytes,
-                             allowed_origins=origins)
+                             allowed_origins=origins, prep_processes=args.prep_processes)
         return create_app(state), engine
     except BaseException:
         engine.shutdown()
