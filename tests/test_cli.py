@@ -67,7 +67,9 @@ def test_generate_renders_the_chat_template_by_default_and_raw_on_request(fed_pr
     assert fed_prompts[-1][1] == llm.encode_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
     assert main([*common, "--raw"]) == 0
     assert fed_prompts[-1][1] == "Hello"
-    capsys.readouterr()
+    calls = len(fed_prompts)
+    assert main([*common, "--raw", "--system", "ignored?"]) == 1  # not silently dropped
+    assert "--system needs the chat template" in capsys.readouterr().err and len(fed_prompts) == calls
 
 
 def test_generate_reports_bad_sampling_values_by_option_before_loading(fed_prompts, capsys):

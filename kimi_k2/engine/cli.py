@@ -119,9 +119,12 @@ def _generate(args: argparse.Namespace) -> int:
     _sampling_params(args, {})  # a bad value fails before the model loads
     llm = _load(args)
     params = _sampling_params(args, llm.sampling_defaults)
+    chat = renders_chat(args, llm.tokenizer)
+    if args.system and not chat:
+        raise ValueError("--system needs the chat template: drop --raw / --prompt-ids, or add --chat")
     if args.prompt_ids is not None:
         prompt: Any = _parse_ids(args.prompt_ids)
-    elif renders_chat(args, llm.tokenizer):
+    elif chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
         ]
