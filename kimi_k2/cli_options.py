@@ -22,6 +22,8 @@ from kimi_k2.hub import resolve_checkpoint
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
           "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# kimi_k2.checkpoint.loader.WEIGHT_FORMATS, spelled here so `--help` imports no torch
+WEIGHT_CHOICES = ("auto", "dequantize", "fp8", "int4")
 
 
 def parse_bytes(text: str, option: str = "--kv-memory") -> int:
@@ -58,12 +60,16 @@ def positive_int(text: str) -> int:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dtype, --kv-memory, --max-model-len, --threads, --chat-template (generate, chat and serve)."""
+    """--model, --dtype, --weights, --kv-memory, --max-model-len, --threads, --chat-template (generate, chat and
+    serve)."""
     parser.add_argument("--model", default=None, metavar="DIR_OR_HUB_ID",
                         help="checkpoint directory, or a Hub id found in the local Hugging Face cache "
                              "(default: the built-in nano K2 demo model)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights and KV cache dtype (auto: the checkpoint's, bf16 for the official bf16 and FP8 ones)")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                        help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert "
+                             "them to --dtype on load; fp8 / int4: quantize on load")
     parser.add_argument("--kv-memory", type=size_type("--kv-memory"), default=None, metavar="SIZE",
                         help="KV cache budget, e.g. 512MiB or 2GiB (default: what --max-num-seqs full-context sequences "
                              "need, at most a fifth of free memory and 4 GiB)")

@@ -15,16 +15,7 @@ import torch
 from kimi_k2.config import preset
 from kimi_k2.engine.core import EngineCore
 from kimi_k2.engine.llm import LLM
-from kimi_k2.engine.model_runner import (
-    TRANSPOSED_MIN_INPUTS,
-    TRANSPOSED_ROW_RANGE,
-    ModelRunner,
-    StepChunk,
-    _accumulate_product,
-    _add_product,
-    _matmul,
-    _product,
-)
+from kimi_k2.engine.model_runner import ModelRunner, StepChunk
 from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.model.generate import greedy_decode
@@ -233,22 +224,6 @@ def test_stop_token_ids_and_max_tokens(model, reference):
     assert short.token_ids == ref[:4] and short.finish_reason == "length"
     with pytest.raises(ValueError, match="context limit"):
         llm.generate([[1] * 600])
-
-
-@pytest.mark.parametrize("rows", [1, 2, 3, TRANSPOSED_ROW_RANGE[0], 16, TRANSPOSED_ROW_RANGE[1], TRANSPOSED_ROW_RANGE[1] + 1])
-def test_product_forms_agree_with_plain_linear(rows):
-    """The runner's products (x @ Wᵀ, or (W @ xᵀ)ᵀ for the row counts where MKL reads W faster that way) equal
-    F.linear up to float rounding, whichever form the row count picks."""
-    gen = torch.Generator().manual_seed(rows)
-    weight = torch.randn(48, TRANSPOSED_MIN_INPUTS, generator=gen)  # (N, K), output-major as the checkpoint stores it
-    x, acc = torch.randn(rows, TRANSPOSED_MIN_INPUTS, generator=gen), torch.randn(rows, 48, generator=gen)
-    expected = torch.nn.functional.linear(x, weight)
-    for got in (_product(x, weight.t()), _matmul(x, weight.t(), True), _matmul(x, weight.t(), False)):
-        assert got.is_contiguous() and torch.allclose(got, expected, atol=1e-4)
-    summed = _add_product(acc, x, weight.t())
-    assert summed.is_contiguous() and torch.allclose(summed, acc + expected, atol=1e-4)
-    _accumulate_product(acc, x, weight.t(), alpha=0.5)
-    assert torch.allclose(acc, summed - 0.5 * expected, atol=1e-4)
 
 
 def test_step_meta_moves_every_tensor_to_the_pool_device():

@@ -148,7 +148,7 @@ def test_serve_takes_a_hub_id_from_the_local_cache_a_chat_template_and_the_check
     try:
         state = app.state.server
         assert state.model_name == "test-org/tiny-k2"  # the id clients know it by
-        assert engine.llm.model.lm_head.weight.dtype == torch.bfloat16  # --dtype auto: the checkpoint's torch_dtype
+        assert engine.llm.model.compute_dtype == torch.bfloat16  # --dtype auto: the checkpoint's torch_dtype
         assert state.tokenizer.chat_template == template.read_text()
         assert state.tokenizer.decode(state.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])) == \
             "hi<|im_assistant|>assistant<|im_middle|>"

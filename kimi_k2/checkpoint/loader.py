@@ -10,7 +10,9 @@ memory is the finished model plus one parameter in flight (plus its dequantizati
   "dequantize" (default) every Linear dense in `dtype` (FP8 / INT4 checkpoints are dequantized on load)
   "fp8"        block-FP8 storage, dequantized on the fly (bf16 checkpoints are quantized on load)
   "int4"       routed experts int4 (K2-Thinking's scheme or the checkpoint's own ignore list), the rest dense
-  "auto"       whatever the checkpoint stores
+  "auto"       every Linear weight as the checkpoint stores it: FP8 and INT4 kept, a bf16 (or fp32) Linear weight
+               in that dtype whatever `dtype` is (the product widens it exactly: `Linear`, `kimi_k2.kernels`),
+               the embedding too (its rows are widened); norms and the router in `dtype`
 Tensors the model does not use (`rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a one-line
 notice on the `kimi_k2` logger.
 """
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from kimi_k2.checkpoint.scheme import DEFAULT_SCHEMES, NO_QUANT, QuantScheme
 from kimi_k2.checkpoint.sources import CheckpointReader, materialize
-from kimi_k2.checkpoint.validate import check_checkpoint, ignored_reason, model_inventory
+from kimi_k2.checkpoint.validate import ParamSpec, check_checkpoint, ignored_reason, model_inventory
 from kimi_k2.config import ModelConfig
 from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.transformer import KimiK2ForCausalLM, build_model
@@ -79,11 +81,14 @@ def load_model(
     attention: str = "naive",
     experts: str = "grouped",
     weights: str = "dequantize",
+    mmap: bool = False,
 ) -> KimiK2ForCausalLM:
     """Load `config.json` and the safetensors weights of a checkpoint directory.
 
     Float weights are converted to `dtype` (the compute dtype of quantized layers too); the router's
-    `e_score_correction_bias` stays float32. Raises CheckpointError (a ValueError) listing every problem found
+    `e_score_correction_bias` stays float32. With `mmap=True`, every tensor used as stored (FP8 / INT4 kept,
+    float tensors already in `dtype`) is a view into the memory-mapped shard instead of a copy in RAM: loading
+    reads no weight bytes, the OS page cache holds the weights a run touches, and a model larger than RAM runs. Raises CheckpointError (a ValueError) listing every problem found
     in the files before any weight is read.
     """
     root = Path(path)
@@ -96,8 +101,18 @@ def load_model(
     model = build_model(cfg, device="meta", dtype=dtype, attention=attention, experts=experts)
     quantize_linears(model, target, dtype)
 
+    def dense_dtype(p: ParamSpec, reader: CheckpointReader) -> torch.dtype:
+        """`dtype`, except that "auto" keeps a Linear weight stored unquantized in a float dtype, and the
+        embedding, in that dtype."""
+        kept = p.linear is not None and not report.scheme.quantizes(p.linear) or p.name == "model.embed_tokens.weight"
+        if weights == "auto" and kept:
+            stored = reader.info(p.name).torch_dtype
+            if stored.is_floating_point and stored.itemsize >= 2:
+                return stored
+        return dtype
+
     state: dict[str, torch.Tensor] = {}
-    with CheckpointReader(report) as reader:
+    with CheckpointReader(report, mmap=mmap) as reader:
         params = model_inventory(cfg)
         # Read in file order (shard, then offset) so the disk sees sequential reads and the bar moves by shard.
         shard_order = {shard: i for i, shard in enumerate(report.shards)}
@@ -116,7 +131,7 @@ def load_model(
                 names = reader.source_names(p)
                 shard = report.weight_map[names[0]]
                 bar.set_postfix_str(f"shard {shard_order[shard] + 1}/{len(shard_order)} {shard.name}", refresh=False)
-                for name, tensor in materialize(p, reader, target, dtype).items():
+                for name, tensor in materialize(p, reader, target, dense_dtype(p, reader)).items():
                     state[name] = tensor.to(device)
                 bar.update(sum(reader.info(n).nbytes for n in names))
     model.load_state_dict(state, assign=True, strict=True)

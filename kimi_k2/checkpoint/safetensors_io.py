@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -138,6 +139,27 @@ def read_tensor(file: BinaryIO, info: TensorInfo) -> torch.Tensor:
     if got != info.nbytes:
         raise SafetensorsError(f"{getattr(file, 'name', '?')}: short read: {got} of {info.nbytes} bytes at offset {info.start}")
     return out
+
+
+class MappedFile:
+    """A safetensors file mapped into memory; `tensor(info)` is a zero-copy view of one tensor's bytes.
+
+    The mapping is private copy-on-write (`ACCESS_COPY`): torch gets a writable buffer, nothing written ever
+    reaches the file, and untouched pages stay shared with the page cache. Each view keeps the mapping alive.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def tensor(self, info: TensorInfo) -> torch.Tensor | None:
+        """The tensor as a view into the mapping, or None where a view cannot be made (no bytes, or a start that
+        is not a multiple of the element size: the caller then reads a copy)."""
+        if info.nbytes == 0 or info.start % dtype_size(info.dtype):
+            return None
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.start)
+        return flat.view(info.torch_dtype).view(info.shape)
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 import torch
 from torch import nn
 
-from kimi_k2.checkpoint.safetensors_io import PlannedTensor, TensorInfo, read_tensor
+from kimi_k2.checkpoint.safetensors_io import MappedFile, PlannedTensor, TensorInfo, read_tensor
 from kimi_k2.checkpoint.scheme import QuantScheme
 from kimi_k2.checkpoint.validate import CheckpointReport, ParamSpec
 from kimi_k2.model.quant_linear import (
@@ -82,13 +82,17 @@ def materialize(p: ParamSpec, source: WeightSource, target: QuantScheme, dtype: 
 
 # ---------------------------------------------------------------------------------------------- from disk
 class CheckpointReader:
-    """Reads the tensors of a validated checkpoint, one at a time, with positioned reads (see safetensors_io)."""
+    """Reads the tensors of a validated checkpoint, one at a time: with positioned reads into fresh tensors
+    (see safetensors_io), or with `mmap=True` as views into the memory-mapped shards (`safetensors_io.MappedFile`:
+    no copy; the OS page cache holds what is touched). Conversions (`.to(dtype)`, dequantizing) copy either way,
+    so only tensors used as stored stay mapped."""
 
-    def __init__(self, report: CheckpointReport) -> None:
+    def __init__(self, report: CheckpointReport, *, mmap: bool = False) -> None:
         report.raise_if_problems()
         assert report.scheme is not None
-        self.report, self.scheme = report, report.scheme
+        self.report, self.scheme, self.mmap = report, report.scheme, mmap
         self._files: dict[Path, BinaryIO] = {}
+        self._maps: dict[Path, MappedFile] = {}
 
     def info(self, name: str) -> TensorInfo:
         return self.report.info(name)
@@ -101,10 +105,18 @@ class CheckpointReader:
 
     def raw(self, name: str) -> torch.Tensor:
         shard = self.report.weight_map[name]
+        info = self.report.headers[shard][name]
+        if self.mmap:
+            mapped = self._maps.get(shard)
+            if mapped is None:
+                mapped = self._maps[shard] = MappedFile(shard)
+            view = mapped.tensor(info)
+            if view is not None:
+                return view
         file = self._files.get(shard)
         if file is None:
             file = self._files[shard] = open(shard, "rb")
-        return read_tensor(file, self.report.headers[shard][name])
+        return read_tensor(file, info)
 
     def dense(self, p: ParamSpec, dtype: torch.dtype) -> torch.Tensor:
         if p.linear is None or not self.scheme.quantizes(p.linear):
@@ -134,9 +146,11 @@ class CheckpointReader:
         return out
 
     def close(self) -> None:
+        """Close the files; mapped views stay valid (each keeps its mapping alive)."""
         for file in self._files.values():
             file.close()
         self._files.clear()
+        self._maps.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self

@@ -89,8 +89,8 @@ def _load(args: argparse.Namespace) -> Any:
     template = read_chat_template(args.chat_template) if args.chat_template else None
     dtype = auto_dtype(ModelConfig.from_pretrained(model_dir)) if args.dtype == "auto" else args.dtype
     print(f"loading {model_dir} ({dtype}) ...", file=sys.stderr, flush=True)
-    llm = LLM(model_dir, dtype=getattr(torch, dtype), num_threads=args.threads, kv_cache_memory=args.kv_memory,
-              max_model_len=args.max_model_len)
+    llm = LLM(model_dir, dtype=getattr(torch, dtype), weights=args.weights, num_threads=args.threads,
+              kv_cache_memory=args.kv_memory, max_model_len=args.max_model_len)
     if template is not None:
         if llm.tokenizer is None:
             raise ValueError(f"--chat-template: {model_dir} has no tokenizer (tiktoken.model) to render it with")

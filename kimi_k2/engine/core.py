@@ -118,7 +118,7 @@ class EngineCore:
                     f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {self.cfg.vocab_size}"
                 )
             self.sampleable_vocab = tokenizer.vocab_size
-        dtype = model.lm_head.weight.dtype
+        dtype = model.compute_dtype
         device = model.lm_head.weight.device
         self.max_model_len = max_model_len or self.cfg.max_position_embeddings
         if num_kv_blocks is not None:

@@ -68,8 +68,13 @@ def _as_ids(value: Any) -> list[int]:
 class LLM:
     """Batch and streaming generation on one model with a paged latent KV cache and continuous batching.
 
-    `model`: a checkpoint directory (HF layout), a Hub id cached locally (`kimi_k2.hub`) or a `KimiK2ForCausalLM`. `tokenizer`: a tokenizer object, a
-    directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
+    `model`: a checkpoint directory (HF layout), a Hub id cached locally (`kimi_k2.hub`) or a
+    `KimiK2ForCausalLM`. `weights`: what a checkpoint's linear layers become (`load_model`'s choice): "auto"
+    (default) keeps FP8 and INT4 checkpoints in their stored format, run by the kernels that read it;
+    "dequantize" converts them to `dtype` on load; "fp8" / "int4" quantize. `mmap` (default True): tensors used
+    as stored are views into the memory-mapped checkpoint files (zero copy; a start takes seconds and the page
+    cache holds the experts); False reads them into RAM. `tokenizer`: a tokenizer object, a directory to load one
+    from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
     `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
     The other keywords are `EngineCore`'s.
     """
@@ -80,6 +85,8 @@ class LLM:
         *,
         tokenizer: Any = None,
         dtype: torch.dtype = torch.float32,
+        weights: str = "auto",
+        mmap: bool = True,
         num_threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
@@ -93,7 +100,7 @@ class LLM:
             source = resolve_checkpoint(model, "checkpoint")  # a directory, or a Hub id in the local HF cache
             from kimi_k2.checkpoint.loader import load_model
 
-            self.model = load_model(source, dtype=dtype)
+            self.model = load_model(source, dtype=dtype, weights=weights, mmap=mmap)
             generation_config = read_generation_config(source)
         if isinstance(tokenizer, (str, Path)):
             tokenizer_dir = tokenizer

@@ -51,21 +51,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
+from kimi_k2.kernels.weight import ConcatWeight, ExpertBank, Weight, concat, weight_of
 from kimi_k2.model.attention import MASKED, MLA
+from kimi_k2.model.linear import Linear
 from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm, swiglu_rows
+from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
+AnyWeight = Weight | ConcatWeight
 NAIVE_PREFILL_MIN_TOKENS = 64
-# When a product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ. MKL picks its kernel and its split over the threads by
-# shape: for 12-32 rows (inclusive; 16 concurrent decodes) it reads the medium preset's weights with 1,024+
-# inputs (q_a + kv_a, gate+up, the dense down projection) 1.1-2.1× faster transposed, those with 256-512 inputs
-# (expert down, q_b, o_proj) mostly slower; 2-8 rows are mostly faster as x @ Wᵀ and 64 rows even or slower
-# (bench/gemm_layout.py, docs/engine.md). lm_head, a [V, D] weight, reads faster transposed for 4-32 rows and
-# slower at 2 and 64.
-TRANSPOSED_ROW_RANGE = (12, 32)
-TRANSPOSED_MIN_INPUTS = 1024
-LM_HEAD_TRANSPOSED_ROW_RANGE = (3, 32)
 PREFILL_ATTENTION = ("auto", "naive", "absorbed")
 
 
@@ -81,43 +76,58 @@ class StepChunk:
 
 # ---------------------------------------------------------------------- weight preparation
 def _is_plain_linear(module: nn.Module) -> bool:
-    """An nn.Linear (or subclass) whose forward is nn.Linear's: `F.linear(x, weight, bias)`."""
-    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+    """An nn.Linear (or subclass) whose forward is nn.Linear's or ours (`Linear`: the same, widening a weight stored
+    in another float dtype)."""
+    return isinstance(module, nn.Linear) and type(module).forward in (nn.Linear.forward, Linear.forward)
 
 
-def _fuse_rows(linears: Sequence[nn.Linear]) -> torch.Tensor:
-    """Store the weights of linears that share their input as one tensor [sum(out), in] (checkpoint layout)
-    and make each module's weight a contiguous row-block view into it: memory-neutral."""
-    fused = torch.cat([m.weight.detach() for m in linears], dim=0) if len(linears) > 1 else linears[0].weight.detach()
+def _concat_rows(linears: Sequence[nn.Module]) -> AnyWeight:
+    """One product over modules that share their input, outputs side by side.
+
+    Plain Linears are stored as one tensor [ΣO, I] (checkpoint layout), each module's weight becoming a
+    contiguous row-block view into it (memory-neutral): one MKL product for the prefill path. Weights kept in a
+    quantized format stay where they are (a `ConcatWeight` runs them one after the other, nothing copied)."""
+    if not all(_is_plain_linear(m) for m in linears) or len({m.weight.dtype for m in linears}) > 1:
+        return concat([weight_of(m) for m in linears])
+    if len(linears) == 1:
+        return weight_of(linears[0])
+    fused = torch.cat([m.weight.detach() for m in linears], dim=0)
     offset = 0
     for m in linears:
         rows = m.weight.shape[0]
         m.weight.data = fused[offset : offset + rows]
         offset += rows
-    return fused
+    return Weight.from_dense(fused)
 
 
 @dataclass(slots=True)
 class MLPWeights:
-    w13_t: torch.Tensor  # (D, 2I): the transposed view of the fused [gate rows; up rows] weight (2I, D)
-    w2_t: torch.Tensor  # (I, D): the transposed view of down_proj's weight (D, I)
+    gate_up: AnyWeight  # [2I, D]: gate rows, then up rows
+    down: Weight  # [D, I]
+
+
+@dataclass(slots=True)
+class StackedExperts:
+    """Dense routed experts stacked for torch's grouped matmul (fp32 / bf16 experts of the model's dtype)."""
+
+    w13: torch.Tensor  # (E, 2I, D)
+    w2: torch.Tensor  # (E, D, I)
 
 
 @dataclass(slots=True)
 class MoEWeights:
-    w13: torch.Tensor  # (E, 2I, D)
-    w2: torch.Tensor  # (E, D, I)
-    w13_t: list[torch.Tensor]  # E views (D, 2I): expert e's w13, transposed (a list: picking one is no operator)
-    w2_t: list[torch.Tensor]  # E views (I, D)
+    bank: ExpertBank
+    stacked: StackedExperts | None
     shared: MLPWeights | None
 
 
 @dataclass(slots=True)
 class AttentionWeights:
-    w_a_t: torch.Tensor  # (D, q_lora + W), or (D, H*(Q+R) + W) without q LoRA: the fused input projections
-    q_split: int  # columns of w_a_t that are the query part
-    w_qb_t: torch.Tensor | None  # (q_lora, H*(Q+R)), None without q LoRA
-    w_o_t: torch.Tensor  # (H*V, D)
+    inputs: AnyWeight  # [q_lora + W, D] (or [H*(Q+R) + W, D] without q LoRA): the query and latent projections
+    q_split: int  # outputs of `inputs` that are the query part
+    q_b: AnyWeight | None  # [H*(Q+R), q_lora], None without q LoRA
+    o: AnyWeight  # [D, H*V]
+    kv_b: torch.Tensor  # (H*(Q+V), C) dense, for prefill's naive path
     w_uk: torch.Tensor  # (H, Q, C)
     w_uv_t: torch.Tensor  # (H, C, V)
 
@@ -129,11 +139,11 @@ class LayerWeights:
 
 
 def _prepare_mlp(mlp: MLP) -> MLPWeights:
-    return MLPWeights(w13_t=_fuse_rows([mlp.gate_proj, mlp.up_proj]).t(), w2_t=_fuse_rows([mlp.down_proj]).t())
+    return MLPWeights(gate_up=_concat_rows([mlp.gate_proj, mlp.up_proj]), down=weight_of(mlp.down_proj))
 
 
-def _prepare_moe(moe: MoE) -> MoEWeights:
-    experts = list(moe.experts)
+def _stack_experts(experts: list[MLP]) -> StackedExperts:
+    """Copy dense experts into stacked tensors and make each module's weights views into them (memory-neutral)."""
     inter, hidden = experts[0].gate_proj.weight.shape
     ref = experts[0].gate_proj.weight
     w13 = torch.empty(len(experts), 2 * inter, hidden, dtype=ref.dtype, device=ref.device)
@@ -145,29 +155,48 @@ def _prepare_moe(moe: MoE) -> MoEWeights:
         expert.gate_proj.weight.data = w13[e, :inter]
         expert.up_proj.weight.data = w13[e, inter:]
         expert.down_proj.weight.data = w2[e]
+    return StackedExperts(w13=w13, w2=w2)
+
+
+def _prepare_moe(moe: MoE, dtype: torch.dtype) -> MoEWeights:
+    experts = list(moe.experts)
+    # fp32 experts are stacked (a copy) for batched steps' grouped matmul; bf16 and quantized experts stay where
+    # they are (possibly memory-mapped) and run through the kernels, expert by expert.
+    fp32 = all(_is_plain_linear(m) and m.weight.dtype == dtype == torch.float32 for e in experts for m in (e.gate_proj, e.up_proj, e.down_proj))
+    stacked = _stack_experts(experts) if fp32 else None
+    bank = ExpertBank(
+        gate=[weight_of(e.gate_proj) for e in experts],
+        up=[weight_of(e.up_proj) for e in experts],
+        down=[weight_of(e.down_proj) for e in experts],
+    )
     shared = _prepare_mlp(moe.shared_experts) if moe.shared_experts is not None else None
-    return MoEWeights(w13=w13, w2=w2, w13_t=[w.t() for w in w13], w2_t=[w.t() for w in w2], shared=shared)
+    return MoEWeights(bank=bank, stacked=stacked, shared=shared)
 
 
-def _prepare_attention(attn: MLA) -> AttentionWeights:
+def _prepare_attention(attn: MLA, dtype: torch.dtype) -> AttentionWeights:
     query = attn.q_proj if hasattr(attn, "q_proj") else attn.q_a_proj
-    w_a = _fuse_rows([query, attn.kv_a_proj_with_mqa])
-    w = attn.kv_b_proj.weight.detach().unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
+    kv_b = weight_of(attn.kv_b_proj).dense(dtype)  # (H*(Q+V), C)
+    w = kv_b.unflatten(0, (attn.n_heads, attn.nope_dim + attn.v_dim))  # (H, Q+V, C)
     return AttentionWeights(
-        w_a_t=w_a.t(),
-        q_split=query.weight.shape[0],
-        w_qb_t=_fuse_rows([attn.q_b_proj]).t() if hasattr(attn, "q_b_proj") else None,
-        w_o_t=_fuse_rows([attn.o_proj]).t(),
+        inputs=_concat_rows([query, attn.kv_a_proj_with_mqa]),
+        q_split=query.out_features,
+        q_b=_concat_rows([attn.q_b_proj]) if hasattr(attn, "q_b_proj") else None,
+        o=_concat_rows([attn.o_proj]),
+        kv_b=kv_b,
         w_uk=w[:, : attn.nope_dim].contiguous(),
         w_uv_t=w[:, attn.nope_dim :].transpose(1, 2).contiguous(),
     )
 
 
-def fast_path_supported(model: KimiK2ForCausalLM) -> str | None:
-    """None if the fast runner can run `model`, else why not (quantized or biased projections)."""
+def fast_path_unsupported(model: KimiK2ForCausalLM) -> str | None:
+    """Why the fast runner cannot run `model` (a projection with a bias or a forward of its own), or None."""
     for name, module in model.named_modules():
-        if hasattr(module, "dequantize_weight"):
-            return f"{name} is a quantized {type(module).__name__}"
+        if isinstance(module, (FP8Linear, Int4Linear)):
+            if module.bias is not None:
+                return f"{name} has a bias"
+            if isinstance(module, FP8Linear) and module.activation_scheme != "weight_only":
+                return f"{name} emulates FP8 activations (activation_scheme={module.activation_scheme!r})"
+            continue
         if isinstance(module, nn.Linear) and not _is_plain_linear(module):
             return f"{name} is a {type(module).__name__} with its own forward"
         if isinstance(module, nn.Linear) and module.bias is not None:
@@ -282,21 +311,22 @@ class ModelRunner:
             raise ValueError(f"prefill_attention {prefill_attention!r}: choose one of {PREFILL_ATTENTION}")
         self.model, self.pool, self.mode, self.prefill_attention = model, pool, mode, prefill_attention
         self.cfg = model.config
+        self.dtype = model.compute_dtype
         self.layers: list[LayerWeights] = []
-        self.lm_head: torch.Tensor | None = None
+        self.lm_head: AnyWeight | None = None
         if mode == "fast":
-            why = fast_path_supported(model)
+            why = fast_path_unsupported(model)
             if why is not None:
                 raise ValueError(f"the fast runner cannot run this model ({why}); use mode='reference'")
+            dtype = model.compute_dtype
             with torch.no_grad():
-                tied = model.lm_head.weight is model.model.embed_tokens.weight
-                self.lm_head = None if tied else _fuse_rows([model.lm_head])  # (V, D)
+                self.lm_head = weight_of(model.lm_head, lm_head=True)
                 for layer in model.model.layers:
                     mlp = layer.mlp
                     self.layers.append(
                         LayerWeights(
-                            attention=_prepare_attention(layer.self_attn),
-                            mlp=_prepare_moe(mlp) if isinstance(mlp, MoE) else _prepare_mlp(mlp),
+                            attention=_prepare_attention(layer.self_attn, dtype),
+                            mlp=_prepare_moe(mlp, dtype) if isinstance(mlp, MoE) else _prepare_mlp(mlp),
                         )
                     )
 
@@ -330,23 +360,22 @@ class ModelRunner:
     # ------------------------------------------------------------------ fast
     def _forward(self, meta: StepMeta) -> torch.Tensor:
         model = self.model
-        h = model.model.embed_tokens(meta.input_ids)  # (N, D)
+        h = model.model.embed_tokens(meta.input_ids).to(self.dtype)  # (N, D), the runner's own: updated in place
         cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             attended = self._attention(layer_idx, layer.self_attn, weights.attention, layer.input_layernorm(h), cis, meta)
-            h = _add_product(h, attended, weights.attention.w_o_t)  # h + o_proj(attended)  (N, D)
+            weights.attention.o.mm(attended, out=h)  # h += o_proj(attended)  (N, D)
             x = layer.post_attention_layernorm(h)
             mlp = weights.mlp
             if isinstance(mlp, MoEWeights):
-                h = h + self._moe(layer.mlp, mlp, x)
+                self._moe(layer.mlp, mlp, x, out=h)
             else:
-                h = _add_product(h, _swiglu_hidden(x, mlp), mlp.w2_t)  # h + down(silu(gate) * up)
+                mlp.down.mm(_swiglu_hidden(x, mlp), out=h)  # h += down(silu(gate) * up)
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
-        lm_head = self.lm_head if self.lm_head is not None else model.lm_head.weight  # (V, D)
-        low, high = LM_HEAD_TRANSPOSED_ROW_RANGE
-        return _matmul(last, lm_head.t(), transposed=low <= last.shape[0] <= high).float()  # (n, V)
+        assert self.lm_head is not None
+        return self.lm_head.mm(last).float()  # (n, V)
 
     def _attention(
         self, layer_idx: int, attn: MLA, w: AttentionWeights, x: torch.Tensor, cis: torch.Tensor, meta: StepMeta
@@ -354,10 +383,10 @@ class ModelRunner:
         """x [N, D] (normed) → attention output [N, H*V] (before o_proj); writes the step's latents into the pool."""
         n_tok = x.shape[0]
         heads, q_dim, c_dim = attn.n_heads, attn.nope_dim, attn.kv_lora_rank
-        a = _product(x, w.w_a_t)  # (N, q_split + W)
+        a = w.inputs.mm(x)  # (N, q_split + W)
         q = a[:, : w.q_split]
-        if w.w_qb_t is not None:
-            q = _product(attn.q_a_layernorm(q), w.w_qb_t)
+        if w.q_b is not None:
+            q = w.q_b.mm(attn.q_a_layernorm(q))
         q = q.view(n_tok, heads, -1)  # (N, H, Q+R)
         q_nope, q_pe = q[..., :q_dim], apply_rope_complex(q[..., q_dim:], cis.unsqueeze(1))  # (N,H,Q), (N,H,R)
         c_kv = attn.kv_a_layernorm(a[:, w.q_split : w.q_split + c_dim])
@@ -379,7 +408,7 @@ class ModelRunner:
             if path == "auto":
                 path = "naive" if s_len >= NAIVE_PREFILL_MIN_TOKENS else "absorbed"
             if path == "naive":
-                out[rows] = self._naive(attn, q_nope[rows], q_pe[rows], kv.index_select(0, key_slots), mask)
+                out[rows] = self._naive(attn, w, q_nope[rows], q_pe[rows], kv.index_select(0, key_slots), mask)
             else:
                 out[rows] = self._absorbed_chunk(attn, w, q_nope[rows], q_pe[rows], kv, key_slots, mask)
         return out.flatten(1)
@@ -428,11 +457,13 @@ class ModelRunner:
         return torch.bmm(out_latent, w.w_uv_t).transpose(0, 1)  # (S, H, V)
 
     @staticmethod
-    def _naive(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _naive(
+        attn: MLA, w: AttentionWeights, q_nope: torch.Tensor, q_pe: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """One prefill chunk, naive: expand keys [T, W] to per-head K/V, fused SDPA. Returns [S, H, V]."""
         t_len = keys.shape[0]
         c_dim = attn.kv_lora_rank
-        kv = attn.kv_b_proj(keys[:, :c_dim]).view(t_len, attn.n_heads, attn.nope_dim + attn.v_dim)  # (T, H, Q+V)
+        kv = F.linear(keys[:, :c_dim], w.kv_b).view(t_len, attn.n_heads, attn.nope_dim + attn.v_dim)  # (T, H, Q+V)
         k_nope, v = kv[..., : attn.nope_dim], kv[..., attn.nope_dim :]
         k_pe = keys[:, c_dim:].unsqueeze(1).expand(t_len, attn.n_heads, attn.rope_dim)
         k = torch.cat([k_nope, k_pe], dim=-1).transpose(0, 1)  # (H, T, Q+R)
@@ -442,66 +473,22 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ experts
     @staticmethod
-    def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] → routed experts (stacked weights) + shared expert, [N, D] in x's dtype."""
+    def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out [N, D] += routed experts + shared expert of x [N, D] (normed)."""
         routing = moe.gate(x)
         n_tok = x.shape[0]
-        if n_tok <= 2:  # decode: each (token, expert) pair on its own, straight from the stacked weights
-            out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            experts, weights = routing.experts.tolist(), routing.weights.tolist()
-            for t in range(n_tok):
-                xt, acc = (x, out) if n_tok == 1 else (x[t : t + 1], out[t : t + 1])
-                for e, weight in zip(experts[t], weights[t]):
-                    _accumulate_product(acc, swiglu_rows(torch.mm(xt, w.w13_t[e])), w.w2_t[e], weight)
-        elif HAS_GROUPED_MM:  # one grouped product per projection, whatever the number of experts used
-            out = experts_grouped_mm(x, routing, w.w13, w.w2)
+        routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        if n_tok <= w.bank.native_tokens and w.bank.run_native(x, routing.experts, routing.weights, routed):
+            pass  # decode: every (token, expert) pair in one call, straight from the stored weights
+        elif w.stacked is not None and HAS_GROUPED_MM and n_tok > 2:  # one grouped product per projection
+            routed = experts_grouped_mm(x, routing, w.stacked.w13, w.stacked.w2)
         else:
-
-            def run_expert(e: int, rows: torch.Tensor) -> torch.Tensor:
-                return _product(swiglu_rows(_product(rows, w.w13_t[e])), w.w2_t[e])  # (n, D)
-
-            out = dispatch_grouped(x, routing, w.w13.shape[0], run_expert)
-        out = out.to(x.dtype)
-        if w.shared is not None:  # routed + shared, added in place (out is this call's own tensor)
-            _accumulate_product(out, _swiglu_hidden(x, w.shared), w.shared.w2_t)
-        return out
+            routed = dispatch_grouped(x, routing, w.bank.num_experts, w.bank.expert_mlp)
+        out.add_(routed.to(out.dtype))
+        if w.shared is not None:
+            w.shared.down.mm(_swiglu_hidden(x, w.shared), out=out)
 
 
 def _swiglu_hidden(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:
     """x [N, D] → silu(gate(x)) * up(x) [N, I], before the down projection."""
-    return swiglu_rows(_product(x, w.w13_t))
-
-
-def _use_transposed(x: torch.Tensor, weight_t: torch.Tensor) -> bool:
-    """x [M, K], weight_t [K, N]: whether `TRANSPOSED_ROW_RANGE` and `TRANSPOSED_MIN_INPUTS` pick (W @ xᵀ)ᵀ."""
-    return TRANSPOSED_ROW_RANGE[0] <= x.shape[0] <= TRANSPOSED_ROW_RANGE[1] and weight_t.shape[0] >= TRANSPOSED_MIN_INPUTS
-
-
-def _matmul(x: torch.Tensor, weight_t: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """x [M, K] · weight_t [K, N] → [M, N] (contiguous), weight_t the transposed view of an output-major weight
-    [N, K]: as `x @ Wᵀ`, or when `transposed` as `(W @ xᵀ)ᵀ` — the same dot products, each summed in the order
-    MKL's kernel for that form uses."""
-    if transposed:
-        return torch.mm(weight_t.t(), x.t()).t().contiguous()
-    return torch.mm(x, weight_t)
-
-
-def _product(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """`_matmul` in the form `_use_transposed` picks for the shapes."""
-    return _matmul(x, weight_t, _use_transposed(x, weight_t))
-
-
-def _add_product(acc: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """acc + x · weight_t as a new tensor [M, N] (one `addmm`, or its transposed form); acc and x share a dtype
-    (the residual stream and a projection input, both the model's)."""
-    if _use_transposed(x, weight_t):
-        return torch.addmm(acc.t(), weight_t.t(), x.t()).t().contiguous()
-    return torch.addmm(acc, x, weight_t)
-
-
-def _accumulate_product(acc: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> None:
-    """acc += alpha * rows · weight_t, in place, accumulating in acc's dtype."""
-    if rows.dtype == acc.dtype and not _use_transposed(rows, weight_t):
-        acc.addmm_(rows, weight_t, alpha=alpha)
-    else:
-        acc.add_(_product(rows, weight_t).to(acc.dtype), alpha=alpha)
+    return swiglu_rows(w.gate_up.mm(x))

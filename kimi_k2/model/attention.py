@@ -33,10 +33,11 @@ from kimi_k2.model.norm import RMSNorm
 from kimi_k2.model.rope import apply_rope
 
 
-def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The dense weight of a projection: `weight` itself, or the dequantized weight of a quantized linear."""
+def linear_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The dense weight of a projection in `dtype`: `weight` itself (cast if stored in another float dtype), or the
+    dequantized weight of a quantized linear."""
     dequantize = getattr(module, "dequantize_weight", None)
-    return dequantize() if dequantize is not None else module.weight
+    return dequantize(dtype) if dequantize is not None else module.weight.to(dtype)
 
 
 ATTENTION_PATHS = ("naive", "fused", "absorbed")
@@ -188,7 +189,7 @@ class MLA(nn.Module):
         self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Attend over the latent directly. Returns [B, S, H*V] (before o_proj)."""
-        w = linear_weight(self.kv_b_proj).unflatten(0, (self.n_heads, self.nope_dim + self.v_dim))  # (H, N+V, C)
+        w = linear_weight(self.kv_b_proj, q_nope.dtype).unflatten(0, (self.n_heads, self.nope_dim + self.v_dim))  # (H, N+V, C)
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]  # (H, N, C), (H, V, C)
         q_latent = torch.einsum("bshn,hnc->bshc", q_nope, w_uk.to(q_nope.dtype))
         scores = torch.einsum("bshc,btc->bhst", q_latent, c_kv) + torch.einsum("bshr,btr->bhst", q_pe, k_pe)

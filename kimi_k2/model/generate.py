@@ -33,7 +33,7 @@ def greedy_decode(
     cache = None
     if use_cache:
         cache = ContiguousLatentCache(
-            model.config, 1, len(ids) + max_new_tokens, dtype=model.lm_head.weight.dtype, device=device
+            model.config, 1, len(ids) + max_new_tokens, dtype=model.compute_dtype, device=device
         )
     step_ids = ids
     for _ in range(max_new_tokens):

@@ -94,6 +94,12 @@ class KimiK2ForCausalLM(nn.Module):
         self.attention_path = "naive"
         self.set_paths(attention=attention, experts=experts)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' dtype: the final norm's. Linear weights and the embedding may be stored in another
+        (a checkpoint loaded as stored, see `Linear`); their products and rows are widened to this one."""
+        return self.model.norm.weight.dtype
+
     def set_paths(self, attention: str | None = None, experts: str | None = None) -> KimiK2ForCausalLM:
         """Choose the attention path (`naive` | `fused` | `absorbed`) and the expert path (`grouped` | `loop`)."""
         if attention is not None:
@@ -129,7 +135,7 @@ class KimiK2ForCausalLM(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         cos, sin = self.rope(positions)
         mask = None if cache is not None else causal_mask(positions, attention_mask)
-        h = self.model.embed_tokens(input_ids)
+        h = self.model.embed_tokens(input_ids).to(self.compute_dtype)
         for layer in self.model.layers:
             h = layer(h, cos, sin, mask, cache, self.attention_path, stats)
         return self.model.norm(h)

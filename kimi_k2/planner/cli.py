@@ -6,13 +6,15 @@ The only planner module that prints. `--json` emits `Plan.as_dict()` (stable key
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from kimi_k2.config import resolve_config
+from kimi_k2.planner.cpu import DEFAULT_RAM_UTIL, cpu_plan
 from kimi_k2.planner.fit import DEFAULT_MEM_UTIL, DEFAULT_PREFILL_CHUNK, SPLITS
 from kimi_k2.planner.formats import FORMATS
 from kimi_k2.planner.hardware import GPUS, custom_gpu, gpu
-from kimi_k2.planner.kv import KV_DTYPE_BYTES
+from kimi_k2.planner.kv import KV_DTYPE_BYTES, kv_bytes
 from kimi_k2.planner.plan import DEFAULT_FORMAT, Plan, make_plan
 from kimi_k2.planner.speed import DEFAULT_RAM_BANDWIDTH
 
@@ -36,12 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bandwidth", type=float, default=None, metavar="TB/S", help="override the GPU's memory bandwidth (TB/s)")
     p.add_argument("--ram-bandwidth", type=float, default=DEFAULT_RAM_BANDWIDTH / 1e12, metavar="TB/S",
                    help=f"CPU RAM bandwidth for the offload plan (default: {DEFAULT_RAM_BANDWIDTH / 1e12})")  # fmt: skip
+    p.add_argument("--ram", type=float, default=None, metavar="GIB",
+                   help="plan one CPU machine with this much RAM instead: the engine's memory with the weights as "
+                   "stored (memory-mapped or read in) and the RAM-bandwidth decode bound (uses --ram-bandwidth)")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="tokens per prefill step, sizes the activation overhead")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ram is not None:
+        return run_cpu(args)
     device = gpu(args.gpu)
     if args.gpu_mem is not None or args.bandwidth is not None:
         device = custom_gpu(device, args.gpu_mem, args.bandwidth)
@@ -60,6 +67,38 @@ def run(args: argparse.Namespace) -> int:
         chunk_tokens=args.prefill_chunk,
     )
     print(json.dumps(plan.as_dict(), indent=2) if args.json else render(plan))
+    return 0
+
+
+def run_cpu(args: argparse.Namespace) -> int:
+    """`plan --ram GIB`: one machine, the engine's own memory and the bandwidth-bound decode rate."""
+    cfg = resolve_config(args.model)
+    context = args.context or cfg.max_position_embeddings
+    kv = kv_bytes(cfg, context, args.batch, KV_DTYPE_BYTES["fp32"])  # the CPU engine's KV pool is float32
+    plan = cpu_plan(cfg, args.weights, kv_bytes=kv, ram_bytes=int(args.ram * 2**30),
+                    ram_bandwidth=args.ram_bandwidth * 1e12)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(plan), "resident_bytes": plan.resident_bytes,
+                          "mapped_hot_bytes": plan.mapped_hot_bytes, "fits_in_ram": plan.fits_in_ram,
+                          "runs_mapped": plan.runs_mapped,
+                          "decode_tokens_per_s_bound": plan.decode_tokens_per_s_bound}, indent=2))
+        return 0
+    util = f"{DEFAULT_RAM_UTIL:.0%} of {args.ram:,.0f} GiB"
+    rows = [
+        ("model", f"{args.model}  ({plan.fmt} weights as stored, float32 activations, {context:,} tokens × {args.batch})"),
+        ("weights, read into RAM", _gb(plan.resident_bytes)),
+        ("  Linear weights as stored", _gb(plan.linear_bytes)),
+        ("    of which routed experts", _gb(plan.routed_bytes)),
+        ("  converted to float32", f"{_gb(plan.converted_bytes)} (norms, routers, kv_b splits)"),
+        ("KV cache (float32)", _gb(plan.kv_bytes)),
+        ("fits in RAM", f"{'yes' if plan.fits_in_ram else 'no'} ({util})"),
+        ("memory-mapped", f"{'runs' if plan.runs_mapped else 'does NOT run'}: hot set {_gb(plan.mapped_hot_bytes)} + KV; "
+         "the page cache holds the experts it can, the rest come from disk"),
+        ("weights per decode token", _gb(plan.token_bytes)),
+        ("decode bound", f"≤ {_rate(plan.decode_tokens_per_s_bound)} at {args.ram_bandwidth:.3f} TB/s RAM (batch 1)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     return 0
 
 

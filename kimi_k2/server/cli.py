@@ -145,6 +145,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     llm = LLM(
         model_dir,
         dtype=getattr(torch, dtype),
+        weights=args.weights,
         num_threads=args.threads,
         kv_cache_memory=args.kv_memory,
         max_model_len=args.max_model_len,

@@ -1,0 +1,157 @@
+"""Batch-1 decode, prefill and batched decode per weight format: the engine on the same random weights stored as
+fp32, bf16, block FP8 and INT4 (kept as stored), optionally against llama.cpp on GGUFs of the same weights.
+
+The `medium` preset's random weights are saved once as a bf16 checkpoint in the official layout, converted to
+FP8 (K2-Instruct's scheme: every Linear but lm_head) and INT4 (K2-Thinking's: routed experts only), and each is
+loaded with `LLM(path)` (weights kept as stored). Rounds alternate the formats (A, B, C, …) so drifting load on a
+shared machine hits them alike; the table gives the best and the median of the rounds.
+
+llama.cpp (`--gguf-dir DIR`): GGUF files named `F32.gguf`, `F16.gguf`, `Q8_0.gguf`, `Q4_0.gguf` converted from
+the same bf16 checkpoint (see shared BENCHMARKING.md for the converter); they are timed in the same rounds
+through llama-cpp-python with the same thread count.
+
+Usage:  python bench/formats.py [--preset medium] [--threads 2] [--rounds 5] [--gguf-dir DIR] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode import machine, run_ours  # noqa: E402
+
+from kimi_k2.checkpoint.writer import convert_checkpoint, save_model  # noqa: E402
+from kimi_k2.config import preset  # noqa: E402
+from kimi_k2.engine.llm import LLM  # noqa: E402
+from kimi_k2.model.transformer import random_model  # noqa: E402
+
+# (label, checkpoint format, compute dtype)
+# Weights are loaded as stored (`LLM`'s default): a bf16 checkpoint's Linear weights stay bf16 under float32
+# activations; "bf16-all" converts everything to bf16 (bf16 activations too).
+FORMATS = [
+    ("fp32", "fp32", torch.float32),
+    ("bf16", "bf16", torch.float32),
+    ("bf16-all", "bf16", torch.bfloat16),
+    ("FP8 kept", "fp8", torch.float32),
+    ("INT4 kept", "int4", torch.float32),
+]
+GGUF = {"fp32": "F32", "bf16": "F16", "bf16-all": "F16", "FP8 kept": "Q8_0", "INT4 kept": "Q4_0"}
+
+
+def read_probe(megabytes: int = 1024) -> float:
+    """Bytes read per second by a sum over a large fp32 tensor (best of 3)."""
+    t = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        t.sum()
+        best = min(best, time.perf_counter() - start)
+    return t.numel() * 4 / best
+
+
+def llama_decode(path: Path, prompt: list[int], new_tokens: int, threads: int) -> float:
+    """llama.cpp batch-1 decode tok/s after `prompt` (greedy over the raw logits, as shared BENCHMARKING.md says)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+                yarn_beta_fast=1.0, yarn_beta_slow=1.0, type_k=0, type_v=0)
+    llm.eval(prompt)
+    token = int(max(range(llm.n_vocab()), key=lambda i: llm._ctx.get_logits_ith(-1)[i]))
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([token])
+        logits = llm._ctx.get_logits_ith(-1)
+        token = int(max(range(llm.n_vocab()), key=lambda i: logits[i]))
+    return new_tokens / (time.perf_counter() - start)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="medium")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--formats", default=",".join(f[0] for f in FORMATS), help="comma-separated labels to run")
+    ap.add_argument("--gguf-dir", type=Path, help="llama.cpp GGUFs of the same weights (F32/F16/Q8_0/Q4_0.gguf)")
+    ap.add_argument("--no-batch", action="store_true", help="skip prefill and 16-concurrent measurements")
+    ap.add_argument("--markdown", help="also write the table to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    cfg = preset(args.preset)
+    wanted = set(args.formats.split(","))
+    formats = [f for f in FORMATS if f[0] in wanted]
+    gen = torch.Generator().manual_seed(0)
+
+    def prompt(length: int) -> list[int]:
+        return torch.randint(0, cfg.vocab_size, (length,), generator=gen).tolist()
+
+    header = machine()
+    print(header, file=sys.stderr, flush=True)
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="kimi_k2_formats_") as workdir:
+        root = Path(workdir)
+        save_model(random_model(cfg, seed=0), root / "bf16", fmt="bf16")
+        engines = {}
+        for label, fmt, dtype in formats:
+            path = root / "bf16" if fmt == "bf16" else convert_checkpoint(root / "bf16", root / fmt, fmt)
+            llm = LLM(path, dtype=dtype, kv_cache_memory=512 * 2**20, enable_prefix_caching=False,
+                      max_num_batched_tokens=1024)
+            engines[label] = llm.engine
+            run_ours(llm.engine, [prompt(16)], 4)  # warm-up (and the kernels' first build)
+        decode_prompt, prefill_prompt = prompt(128), prompt(512)
+        batch_prompts = [prompt(128) for _ in range(16)]
+        probes: list[float] = []
+        for r in range(args.rounds):
+            probes.append(read_probe())
+            for label, _, _ in formats:
+                row = results.setdefault(label, {})
+                core = engines[label]
+                row.setdefault("decode", []).append(run_ours(core, [decode_prompt], args.decode_tokens + 1).decode_tok_s)
+                if not args.no_batch:
+                    row.setdefault("prefill", []).append(512 / run_ours(core, [prefill_prompt], 1).prefill_s)
+                    row.setdefault("batch16", []).append(run_ours(core, batch_prompts, args.decode_tokens + 1).decode_tok_s)
+                if args.gguf_dir is not None:
+                    gguf = args.gguf_dir / f"{GGUF[label]}.gguf"
+                    if gguf.is_file():
+                        row.setdefault("llama", []).append(llama_decode(gguf, decode_prompt, args.decode_tokens, args.threads))
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{label} {max(results[label]['decode']):.1f}" for label, _, _ in formats), file=sys.stderr, flush=True)
+
+    def cell(values: list[float] | None) -> str:
+        return "-" if not values else f"{max(values):.1f} ({statistics.median(values):.1f})"
+
+    lines = [
+        f"Machine: {header}.",
+        f"Model: `{args.preset}` preset, random weights; {args.threads} threads; best (median) of {args.rounds} "
+        f"alternating rounds; decode = batch 1 after a 128-token prompt, {args.decode_tokens} tokens, greedy. "
+        f"Read probe (1 GiB fp32 sum): best {max(probes) / 1e9:.1f} GB/s.",
+        "",
+        "| format (compute dtype) | decode tok/s | llama.cpp | ours / llama.cpp | prefill 512 tok/s | 16 concurrent tok/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, _, dtype in formats:
+        row = results[label]
+        llama = row.get("llama")
+        ratio = f"{max(row['decode']) / max(llama):.2f}×" if llama else "-"
+        name = f"{label} ({str(dtype).removeprefix('torch.')})"
+        peer = f"{GGUF[label]} {cell(llama)}" if llama else "-"
+        lines.append(f"| {name} | {cell(row['decode'])} | {peer} | {ratio} | {cell(row.get('prefill'))} | {cell(row.get('batch16'))} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+// Few-row products that read K2's weight formats as stored: fp32, bf16, block FP8 (e4m3 + float32 scale per
+// 128x128 block) and INT4 group-32 (compressed-tensors pack-quantized: int32 words of 8 nibbles, bf16 scale per
+// 32 inputs). out[m, o] (+)= alpha * sum_i x[m, i] * W[o, i], x and out float32.
+//
+// The weight is decoded in registers (never dequantized to memory). FP8: each 128-input block's partial sum is
+// multiplied by its scale once, y = sum_b scale_b * sum_{i in b} q_i x_i; INT4: each decoded value is scaled
+// (exactly) before its product. kimi_k2/kernels/reference.py has the same sums in torch; tests/test_kernels.py
+// checks that they agree to float32 rounding (only the order of the additions differs).
+//
+// Decoding, per 8 inputs (AVX2 + FMA + F16C):
+//   bf16  widen u16 -> u32, shift left 16: the float32 with the same top bits (exact).
+//   fp8   16 at a time: e4m3fn byte s.eeee.mmm -> the fp16 bits s.0eeee.mmm0000000, then F16C to float32: the
+//         value divided by 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals included; the 2^8 is folded
+//         into the block scale, so the decoded product is exact.
+//   int4  a group of 32 at a time: each nibble u becomes the fp16 1024 + u, converted by F16C, then one fused
+//         multiply-subtract gives (u - 8) * scale exactly; the group's scale is applied there, not at the end.
+// Threads split the output rows (at::parallel_for, so torch.set_num_threads applies); rows of x are taken four
+// at a time so a decoded weight vector serves up to four rows.
+//
+// Pointers come as integers: a weight is (data, scale) addresses into tensors the Python side keeps alive
+// (possibly views into memory-mapped safetensors files), which lets an expert bank be a table of addresses
+// instead of a stacked copy.
+
+#ifndef K2_STANDALONE  // K2_STANDALONE: the kernels alone, for a C++ microbenchmark without torch
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#else
+#include <stdexcept>
+#define TORCH_CHECK(cond, ...) \
+  if (!(cond)) throw std::runtime_error("kimi_k2 kernels: check failed")
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define K2_AVX2 1
+#else
+#define K2_AVX2 0
+#endif
+
+namespace {
+
+enum Format : int64_t { F32 = 0, BF16 = 1, FP8 = 2, INT4 = 3 };
+
+struct Weight {
+  int64_t fmt;
+  const uint8_t* data;  // rows of I values in the format's storage
+  const uint8_t* scale; // fp8: float32 [ceil(O/block_rows), scale_ld]; int4: bf16 [O, scale_ld]; else null
+  int64_t rows, cols;   // O, I
+  int64_t block_rows;   // rows sharing one scale row (fp8: 128; int4: 1)
+  int64_t block_cols;   // inputs sharing one scale (fp8: 128; int4: group size); dense: cols
+  int64_t scale_ld;     // scale values per scale row
+};
+
+inline float bf16_to_float(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float fp8_table[256];
+
+void init_fp8_table() {
+  for (int b = 0; b < 256; ++b) {
+    const int sign = b >> 7, exponent = (b >> 3) & 0xF, mantissa = b & 0x7;
+    float value;
+    if (exponent == 0xF && mantissa == 0x7) {
+      value = NAN;  // e4m3fn has no infinities; 0x7F / 0xFF are NaN
+    } else if (exponent == 0) {
+      value = std::ldexp(static_cast<float>(mantissa), -9);  // subnormal: m/8 * 2^-6
+    } else {
+      value = std::ldexp(1.0f + mantissa / 8.0f, exponent - 7);
+    }
+    fp8_table[b] = sign ? -value : value;
+  }
+}
+
+inline int64_t row_bytes(const Weight& w) {
+  switch (w.fmt) {
+    case F32: return w.cols * 4;
+    case BF16: return w.cols * 2;
+    case FP8: return w.cols;
+    default: return ((w.cols + 7) / 8) * 4;
+  }
+}
+
+// One stored value, decoded (true value; the vector fp8 decoder returns value / 256 instead).
+inline float scalar_value(const Weight& w, const uint8_t* row, int64_t i) {
+  switch (w.fmt) {
+    case F32: return reinterpret_cast<const float*>(row)[i];
+    case BF16: return bf16_to_float(reinterpret_cast<const uint16_t*>(row)[i]);
+    case FP8: return fp8_table[row[i]];
+    default: {
+      const uint32_t word = reinterpret_cast<const uint32_t*>(row)[i >> 3];
+      return static_cast<float>(static_cast<int>((word >> (4 * (i & 7))) & 0xF) - 8);
+    }
+  }
+}
+
+// Scale of row o, block b (1 for dense formats).
+inline float block_scale(const Weight& w, int64_t o, int64_t b) {
+  if (w.fmt == FP8) return reinterpret_cast<const float*>(w.scale)[(o / w.block_rows) * w.scale_ld + b];
+  if (w.fmt == INT4) return bf16_to_float(reinterpret_cast<const uint16_t*>(w.scale)[o * w.scale_ld + b]);
+  return 1.0f;
+}
+
+#if K2_AVX2
+// Eight stored values starting at input i (a multiple of 8), as float32: fp32 and bf16 (exact).
+template <int64_t FMT>
+inline __m256 decode8(const uint8_t* row, int64_t i) {
+  if constexpr (FMT == F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
+  } else {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+  }
+}
+
+// Sixteen fp8 values starting at input i, divided by 2^8 (exact): byte b -> u16 b << 7 puts the sign at bit 14 and
+// exponent.mantissa at bits 13..7; adding bit 14 to itself moves the sign to bit 15: the fp16 s.0eeee.mmm0000000.
+inline void decode16_fp8(const uint8_t* row, int64_t i, __m256& low, __m256& high) {
+  __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i))), 7);
+  h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+  low = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  high = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+// One INT4 group of 32 inputs (16 bytes: byte j holds input 2j in its low nibble, 2j+1 in its high one), scaled:
+// v[k] = inputs 8k..8k+7 times `scale`. A nibble u becomes the fp16 1024 + u (bits 0x6400 | u), and
+// (1024 + u) * scale - 1032 * scale = (u - 8) * scale is exact in one fused multiply-subtract (the operands need
+// 19 and 16 significant bits).
+inline void decode32_int4(const uint8_t* bytes, float scale, __m256 v[4]) {
+  const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  const __m256i bias = _mm256_set1_epi16(0x6400);
+  const __m256i lo = _mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(0xF)), bias);
+  const __m256i hi = _mm256_or_si256(_mm256_srli_epi16(w, 4), bias);
+  const __m256i p = _mm256_unpacklo_epi16(lo, hi);  // inputs [0..7 | 16..23]
+  const __m256i q = _mm256_unpackhi_epi16(lo, hi);  // inputs [8..15 | 24..31]
+  const __m256 s = _mm256_set1_ps(scale), offset = _mm256_set1_ps(1032.0f * scale);
+  v[0] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(p)), s, offset);
+  v[1] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(q)), s, offset);
+  v[2] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(p, 1)), s, offset);
+  v[3] = _mm256_fmsub_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(q, 1)), s, offset);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline void store_rows(int mb, const __m256* acc, const float* tail, float* out, int64_t ldo, int64_t o, float alpha,
+                       bool accumulate) {
+  for (int m = 0; m < mb; ++m) {
+    const float y = alpha * (hsum(acc[m]) + tail[m]);
+    float& dst = out[m * ldo + o];
+    dst = accumulate ? dst + y : y;
+  }
+}
+
+// Rows [o0, o1) of an fp32 / bf16 W against MB rows of x; U independent FMA chains per row of x.
+template <int64_t FMT, int MB>
+void rows_dense(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+                float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;
+  const int64_t stride = row_bytes(w), cols = w.cols;
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    __m256 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 * U <= cols; i += 8 * U) {
+      __m256 wv[U];
+      for (int u = 0; u < U; ++u) wv[u] = decode8<FMT>(row, i + 8 * u);
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * ldx + i + 8 * u), acc[m][u]);
+    }
+    for (; i + 8 <= cols; i += 8) {
+      const __m256 wv = decode8<FMT>(row, i);
+      for (int m = 0; m < MB; ++m) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * ldx + i), acc[m][0]);
+    }
+    __m256 total[MB];
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) {
+      total[m] = acc[m][0];
+      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
+      tail[m] = 0.0f;
+    }
+    for (; i < cols; ++i) {
+      const float v = scalar_value(w, row, i);
+      for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+    }
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+// Rows [o0, o1) of a block-FP8 W: each 128-input block's partial sums times its scale (x 2^8, see decode16_fp8).
+template <int MB>
+void rows_fp8(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+              float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;  // chains; a step decodes 16 inputs into two vectors
+  const int64_t cols = w.cols, span = w.block_cols;
+  const float* scales = reinterpret_cast<const float*>(w.scale);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * cols;
+    const float* row_scales = scales + (o / w.block_rows) * w.scale_ld;
+    __m256 total[MB];
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) total[m] = _mm256_setzero_ps(), tail[m] = 0.0f;
+    for (int64_t b = 0, s0 = 0; s0 < cols; ++b, s0 += span) {
+      const int64_t s1 = std::min(cols, s0 + span);
+      __m256 acc[MB][U];
+      for (int m = 0; m < MB; ++m)
+        for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+      int64_t i = s0;
+      for (; i + 8 * U <= s1; i += 8 * U) {
+        __m256 wv[U];
+        for (int u = 0; u < U; u += 2) decode16_fp8(row, i + 8 * u, wv[u], wv[u + 1]);
+        for (int m = 0; m < MB; ++m)
+          for (int u = 0; u < U; ++u) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * ldx + i + 8 * u), acc[m][u]);
+      }
+      for (; i + 16 <= s1; i += 16) {
+        __m256 lo, hi;
+        decode16_fp8(row, i, lo, hi);
+        for (int m = 0; m < MB; ++m) {
+          acc[m][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + m * ldx + i), acc[m][0]);
+          acc[m][1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + m * ldx + i + 8), acc[m][1]);
+        }
+      }
+      const float scale = row_scales[b];
+      const __m256 sv = _mm256_set1_ps(scale * 256.0f);
+      for (int m = 0; m < MB; ++m) {
+        __m256 sum = acc[m][0];
+        for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[m][u]);
+        total[m] = _mm256_fmadd_ps(sum, sv, total[m]);
+      }
+      for (; i < s1; ++i) {  // inputs past the last full 16 of a block (odd shapes only)
+        const float v = fp8_table[row[i]] * scale;
+        for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+      }
+    }
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+// Rows [o0, o1) of an INT4 W, group by group (decode32_int4 applies each group's scale).
+template <int MB>
+void rows_int4(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+               float alpha, bool accumulate) {
+  constexpr int U = MB == 1 ? 4 : 2;
+  const int64_t cols = w.cols, stride = row_bytes(w), group = w.block_cols;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scale);
+  const bool vector_groups = group == 32;
+  const int64_t full = vector_groups ? cols / 32 * 32 : 0;  // inputs covered by whole groups of 32
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    const uint16_t* row_scales = scales + o * w.scale_ld;
+    __m256 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < full; i += 32) {
+      __m256 v[4];
+      decode32_int4(row + i / 2, bf16_to_float(row_scales[i / 32]), v);
+      for (int m = 0; m < MB; ++m)
+        for (int k = 0; k < 4; ++k) acc[m][k % U] = _mm256_fmadd_ps(v[k], _mm256_loadu_ps(x + m * ldx + i + 8 * k), acc[m][k % U]);
+    }
+    __m256 total[MB];
+    float tail[MB];
+    for (int m = 0; m < MB; ++m) {
+      total[m] = acc[m][0];
+      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
+      tail[m] = 0.0f;
+    }
+    for (int64_t i = full; i < cols; ++i) {  // a last partial group (or groups other than 32)
+      const float v = scalar_value(w, row, i) * bf16_to_float(row_scales[i / group]);
+      for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
+    }
+    store_rows(MB, total, tail, out, ldo, o, alpha, accumulate);
+  }
+}
+
+template <int MB>
+void rows_simd(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
+               float alpha, bool accumulate) {
+  switch (w.fmt) {
+    case F32: return rows_dense<F32, MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    case BF16: return rows_dense<BF16, MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    case FP8: return rows_fp8<MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+    default: return rows_int4<MB>(w, x, ldx, out, ldo, o0, o1, alpha, accumulate);
+  }
+}
+#endif
+
+// The same arithmetic one value at a time: for CPUs without AVX2/FMA/F16C.
+void rows_scalar(const Weight& w, const float* x, int64_t ldx, int mb, float* out, int64_t ldo, int64_t o0,
+                 int64_t o1, float alpha, bool accumulate) {
+  const int64_t stride = row_bytes(w);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    for (int m = 0; m < mb; ++m) {
+      float total = 0.0f;
+      for (int64_t b = 0, s0 = 0; s0 < w.cols; ++b, s0 += w.block_cols) {
+        float sum = 0.0f;
+        for (int64_t i = s0; i < std::min(w.cols, s0 + w.block_cols); ++i) sum += scalar_value(w, row, i) * x[m * ldx + i];
+        total += sum * block_scale(w, o, b);
+      }
+      float& dst = out[m * ldo + o];
+      dst = accumulate ? dst + alpha * total : alpha * total;
+    }
+  }
+}
+
+// Rows [o0, o1) of W for all M rows of x, four rows of x at a time.
+void rows(const Weight& w, const float* x, int64_t ldx, int64_t m_rows, float* out, int64_t ldo, int64_t o0,
+          int64_t o1, float alpha, bool accumulate) {
+  for (int64_t m = 0; m < m_rows; m += 4) {
+    const int mb = static_cast<int>(std::min<int64_t>(4, m_rows - m));
+    const float* xm = x + m * ldx;
+    float* om = out + m * ldo;
+#if K2_AVX2
+    switch (mb) {
+      case 1: rows_simd<1>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      case 2: rows_simd<2>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      case 3: rows_simd<3>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+      default: rows_simd<4>(w, xm, ldx, om, ldo, o0, o1, alpha, accumulate); break;
+    }
+#else
+    rows_scalar(w, xm, ldx, mb, om, ldo, o0, o1, alpha, accumulate);
+#endif
+  }
+}
+
+Weight make_weight(int64_t fmt, int64_t data, int64_t scale, int64_t rows_, int64_t cols, int64_t block_rows,
+                   int64_t block_cols) {
+  TORCH_CHECK(fmt >= F32 && fmt <= INT4, "kimi_k2 kernels: unknown weight format ", fmt);
+  TORCH_CHECK(data != 0, "kimi_k2 kernels: null weight pointer");
+  TORCH_CHECK((fmt != FP8 && fmt != INT4) || scale != 0, "kimi_k2 kernels: quantized weight without scales");
+  Weight w{fmt, reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(scale), rows_, cols,
+           1, cols, 1};
+  if (fmt == FP8 || fmt == INT4) {
+    TORCH_CHECK(block_rows > 0 && block_cols > 0, "kimi_k2 kernels: block sizes must be positive");
+    w.block_rows = block_rows;
+    w.block_cols = block_cols;
+    w.scale_ld = (cols + block_cols - 1) / block_cols;
+  }
+  return w;
+}
+
+#ifndef K2_STANDALONE
+void check_rows(const at::Tensor& t, const char* what, int64_t width) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "kimi_k2 kernels: ", what, " must be a float32 CPU tensor");
+  TORCH_CHECK(t.dim() == 2 && t.size(1) == width && t.stride(1) == 1, "kimi_k2 kernels: ", what, " must be [rows, ", width,
+              "] with unit stride along the row, got sizes ", t.sizes(), " strides ", t.strides());
+}
+
+int64_t grain_for(int64_t rows_, int64_t work_per_row) {
+  // Enough rows per task that a task reads >= ~32 KiB, and no more tasks than useful.
+  return std::max<int64_t>(1, std::min<int64_t>(rows_, (32768 + work_per_row - 1) / std::max<int64_t>(1, work_per_row)));
+}
+
+// out[M, O] (+)= alpha * x[M, I] . W[O, I]^T
+void linear(const at::Tensor& x, const at::Tensor& out, int64_t fmt, int64_t data, int64_t scale, int64_t rows_,
+            int64_t cols, int64_t block_rows, int64_t block_cols, double alpha, bool accumulate) {
+  const Weight w = make_weight(fmt, data, scale, rows_, cols, block_rows, block_cols);
+  check_rows(x, "x", cols);
+  check_rows(out, "out", rows_);
+  TORCH_CHECK(x.size(0) == out.size(0), "kimi_k2 kernels: x has ", x.size(0), " rows, out ", out.size(0));
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t m_rows = x.size(0), ldx = x.stride(0), ldo = out.stride(0);
+  at::parallel_for(0, rows_, grain_for(rows_, row_bytes(w)), [&](int64_t o0, int64_t o1) {
+    rows(w, xp, ldx, m_rows, op, ldo, o0, o1, static_cast<float>(alpha), accumulate);
+  });
+}
+
+// Routed experts of a few tokens in one call. table [E, 6] int64: per expert the (data, scale) addresses of
+// gate_proj [I, D], up_proj [I, D], down_proj [D, I]. out[M, D] += sum_k weights[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
+void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& weights, const at::Tensor& table,
+             int64_t fmt, int64_t inter, int64_t block_rows, int64_t block_cols, const at::Tensor& out) {
+  const int64_t hidden = x.size(1);
+  check_rows(x, "x", hidden);
+  check_rows(out, "out", hidden);
+  TORCH_CHECK(expert_ids.scalar_type() == at::kLong && expert_ids.is_contiguous() && expert_ids.dim() == 2 &&
+                  expert_ids.size(0) == x.size(0),
+              "kimi_k2 kernels: expert ids must be a contiguous int64 [tokens, k] tensor");
+  TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.sizes() == expert_ids.sizes(),
+              "kimi_k2 kernels: routing weights must be a contiguous float32 tensor shaped like the expert ids");
+  TORCH_CHECK(table.scalar_type() == at::kLong && table.is_contiguous() && table.dim() == 2 && table.size(1) == 6,
+              "kimi_k2 kernels: the expert table must be a contiguous int64 [experts, 6] tensor");
+  const int64_t tokens = x.size(0), top_k = expert_ids.size(1), n_experts = table.size(0);
+  const int64_t pairs = tokens * top_k;
+  const int64_t* ids = expert_ids.data_ptr<int64_t>();
+  const int64_t* addr = table.data_ptr<int64_t>();
+  for (int64_t p = 0; p < pairs; ++p)
+    TORCH_CHECK(ids[p] >= 0 && ids[p] < n_experts, "kimi_k2 kernels: expert id ", ids[p], " outside [0, ", n_experts, ")");
+
+  std::vector<Weight> gate(pairs), up(pairs), down(pairs);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t* a = addr + ids[p] * 6;
+    gate[p] = make_weight(fmt, a[0], a[1], inter, hidden, block_rows, block_cols);
+    up[p] = make_weight(fmt, a[2], a[3], inter, hidden, block_rows, block_cols);
+    down[p] = make_weight(fmt, a[4], a[5], hidden, inter, block_rows, block_cols);
+  }
+  std::vector<float> g(pairs * inter), u(pairs * inter), y(pairs * hidden);
+  const float* xp = x.data_ptr<float>();
+  // Phase 1: gate and up rows of every (token, expert) pair; the flat index runs over pairs x rows.
+  at::parallel_for(0, pairs * inter, grain_for(pairs * inter, row_bytes(gate[0])), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1;) {
+      const int64_t p = j / inter, o0 = j % inter, o1 = std::min(inter, o0 + (j1 - j));
+      const float* xt = xp + (p / top_k) * x.stride(0);
+      rows(gate[p], xt, hidden, 1, g.data() + p * inter, inter, o0, o1, 1.0f, false);
+      rows(up[p], xt, hidden, 1, u.data() + p * inter, inter, o0, o1, 1.0f, false);
+      j += o1 - o0;
+    }
+  });
+  for (int64_t j = 0; j < pairs * inter; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];  // silu(gate) * up
+  // Phase 2: down rows of every pair.
+  at::parallel_for(0, pairs * hidden, grain_for(pairs * hidden, row_bytes(down[0])), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1;) {
+      const int64_t p = j / hidden, o0 = j % hidden, o1 = std::min(hidden, o0 + (j1 - j));
+      rows(down[p], g.data() + p * inter, inter, 1, y.data() + p * hidden, hidden, o0, o1, 1.0f, false);
+      j += o1 - o0;
+    }
+  });
+  // Phase 3: weighted sum over each token's experts, in routing order.
+  const float* rw = weights.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t k = 0; k < top_k; ++k) {
+      const float a = rw[t * top_k + k];
+      const float* yp = y.data() + (t * top_k + k) * hidden;
+      float* dst = op + t * out.stride(0);
+      for (int64_t o = 0; o < hidden; ++o) dst[o] += a * yp[o];
+    }
+}
+
+bool has_avx2() { return K2_AVX2 != 0; }
+#endif
+
+}  // namespace
+#ifndef K2_STANDALONE
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  init_fp8_table();
+  m.def("linear", &linear, "out (+)= alpha * x . W^T for a weight stored as fp32/bf16/fp8/int4");
+  m.def("experts", &experts, "routed experts of a few tokens: out += sum_k w_k down_e(silu(gate_e x) * up_e x)");
+  m.def("has_avx2", &has_avx2, "whether the build has the AVX2/FMA/F16C kernels (else scalar)");
+}
+#endif
