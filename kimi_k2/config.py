@@ -386,12 +386,16 @@ def preset(name: str) -> ModelConfig:
 
 
 def resolve_config(name_or_path: str | Path) -> ModelConfig:
-    """A preset name, a checkpoint directory, or a config.json path."""
+    """A preset name, a checkpoint directory, a config.json path, or a Hub id in the local HF cache."""
     if isinstance(name_or_path, str) and name_or_path in PRESETS:
         return preset(name_or_path)
     path = Path(name_or_path)
     if path.exists():
         return ModelConfig.from_pretrained(path)
+    from kimi_k2.hub import cached_snapshot, looks_like_hub_id
+
+    if isinstance(name_or_path, str) and looks_like_hub_id(name_or_path):
+        return ModelConfig.from_pretrained(cached_snapshot(name_or_path))
     raise ValueError(
         f"{str(name_or_path)!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint directory"
     )

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     server = subprocess.Popen(command, env=env)
     try:
         wait_healthy(url, server, args.timeout)
-        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        # a KIMI_K2_API_KEY in the environment is the server's key too (kimi-k2 serve reads it)
+        client = OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("KIMI_K2_API_KEY", "").strip() or "not-needed")
         print(f"client     openai SDK → {url}/v1, model nano-k2, tools: get_weather, calculator, convert_units, get_time\n")
         for question in args.question or DEFAULT_QUESTIONS:
             transcript = converse(client, "nano-k2", question)

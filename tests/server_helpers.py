@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kimi_k2.engine.async_engine import AsyncLLM
-from kimi_k2.engine.llm import LLM
+from kimi_k2.engine.llm import LLM, sampling_defaults
 from kimi_k2.server.app import create_app, server_state
 from kimi_k2.server.background import BackgroundServer
-from kimi_k2.server.scripted_model import ScriptedModel, scripted_config
+from tests.scripted_model import ScriptedModel, scripted_config
 from kimi_k2.server.state import ServerState
 from kimi_k2.tokenizer.tokenizer import Tokenizer
 from tests.tokenizer_corpus import train_test_tokenizer
@@ -49,6 +49,11 @@ class ScriptedServer:
     engine: AsyncLLM
     state: ServerState
     tok: Tokenizer
+    server: BackgroundServer
+
+    def stop(self) -> None:
+        """Shut the HTTP server down as Ctrl-C does (open requests get the drain time, then are cut)."""
+        self.server.stop()
 
     def script(self, *replies: str | list[int], delay_s: float | None = None) -> None:
         """Set the replies for turn 1, 2, ... (text with markup, or ids)."""
@@ -68,7 +73,11 @@ def scripted_server(
     num_kv_blocks: int = 256,
     max_model_len: int = 1024,
     delay_s: float = 0.0,
+    drain_s: float = 2.0,
+    generation_config: dict[str, Any] | None = None,
+    **state_options: Any,
 ) -> Iterator[ScriptedServer]:
+    """`state_options`: more `server_state` keywords (max_request_bytes, allowed_origins, ...)."""
     trigger = tok.encode(ASSISTANT_HEADER, allow_special=True)
     model = ScriptedModel(scripted_config(tok.vocab_size), trigger, [], tok.im_end_id, delay_s).eval()
     llm = LLM(
@@ -80,10 +89,12 @@ def scripted_server(
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
     )
+    if generation_config is not None:  # as LLM reads it from a checkpoint directory's generation_config.json
+        llm.sampling_defaults = sampling_defaults(generation_config)
     engine = AsyncLLM(llm)
-    state = server_state(engine, MODEL_NAME, api_key=api_key, max_queue=max_queue)
+    state = server_state(engine, MODEL_NAME, api_key=api_key, max_queue=max_queue, **state_options)
     try:
-        with BackgroundServer(create_app(state)) as server:
-            yield ScriptedServer(server.url, model, engine, state, tok)
+        with BackgroundServer(create_app(state), drain_s=drain_s) as server:
+            yield ScriptedServer(server.url, model, engine, state, tok, server)
     finally:
         engine.shutdown()

@@ -1,8 +1,11 @@
 """Chat templates: our renderer and our built-in default, byte for byte against the official K2 templates.
 
-The reference templates live in ../shared/kimi_k2_reference/ (next to the repository). Every comparison renders
-the official file in a plain HF-style jinja2 environment built here, independently of our code, and (when it
-is importable) with transformers' own renderer too.
+The official templates' renderings of a fixed set of conversations (CASES, and 100 fixed random ones) are
+checked in as goldens (tests/data/chat_template_golden.json, made once by tests/data/make_chat_template_golden.py),
+so every clone checks the built-in default against them. Where the official files themselves exist
+(../shared/kimi_k2_reference/, next to the repository in this workspace), the tests also render them directly:
+in a plain HF-style jinja2 environment built here, independently of our code, with our renderer, and (when it
+is importable) with transformers' own renderer, and check that the goldens are exactly their output.
 """
 
 from __future__ import annotations
@@ -152,37 +155,94 @@ CONVERSATIONS = {
     ],
     "other_roles": [{"role": "developer", "content": "dev"}, {"role": "user", "content": "u"}],
 }
+def case_id(name: str, tools: list | None, add_generation_prompt: bool) -> str:
+    return f"{name}-{'tools' if tools else 'notools'}-{'gen' if add_generation_prompt else 'nogen'}"
+
+
 CASES = [
-    pytest.param(conv, tools, agp, id=f"{name}-{'tools' if tools else 'notools'}-{'gen' if agp else 'nogen'}")
+    pytest.param(conv, tools, agp, id=case_id(name, tools, agp))
     for name, conv in CONVERSATIONS.items()
     for tools in (None, TOOLS)
     for agp in (True, False)
 ]
+GOLDEN_FILE = Path(__file__).parent / "data" / "chat_template_golden.json"
 
 
-# --------------------------------------------------------------------------------------------------- renderer
+@functools.lru_cache(maxsize=1)
+def golden() -> dict:
+    """The official templates' renderings of CASES and of fixed random conversations, checked in (made once by
+    tests/data/make_chat_template_golden.py from the official files): what runs without ../shared."""
+    return json.loads(GOLDEN_FILE.read_text(encoding="utf-8"))
+
+
+CASE_BY_ID = {p.id: p.values for p in CASES}  # id -> (messages, tools, add_generation_prompt)
+
+
+# --------------------------------------------------------------------------------------------------- official files
+# These render the official files themselves: they run where ../shared/kimi_k2_reference/ exists (one skip each
+# elsewhere); the goldens below carry the same facts into every clone.
 @pytest.mark.parametrize("template_name", [INSTRUCT, INSTRUCT_0905])
-@pytest.mark.parametrize(("messages", "tools", "add_generation_prompt"), CASES)
-def test_renderer_matches_plain_hf_rendering(template_name, messages, tools, add_generation_prompt):
+def test_renderer_matches_plain_hf_rendering_of_the_official_templates(template_name):
     source = reference_template(template_name)
-    expected = hf_style_render(source, messages, tools, add_generation_prompt)
-    assert ours(source, messages, tools, add_generation_prompt) == expected
-    via_transformers = transformers_render(source, messages, tools, add_generation_prompt)
+    for case, (messages, tools, add_generation_prompt) in CASE_BY_ID.items():
+        expected = hf_style_render(source, messages, tools, add_generation_prompt)
+        assert ours(source, messages, tools, add_generation_prompt) == expected, case
+        via_transformers = transformers_render(source, messages, tools, add_generation_prompt)
+        if via_transformers is not None:
+            assert via_transformers == expected, case
+
+
+def test_default_template_is_byte_identical_to_the_official_0905():
+    source = reference_template(INSTRUCT_0905)
+    for case, (messages, tools, add_generation_prompt) in CASE_BY_ID.items():
+        expected = hf_style_render(source, messages, tools, add_generation_prompt)
+        assert ours(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt) == expected, case
+
+
+# --------------------------------------------------------------------------------------------------- default template
+
+
+@pytest.mark.parametrize("case", list(CASE_BY_ID))
+def test_default_template_renders_the_0905_goldens(case):
+    """Our renderer, a plain HF-style environment and transformers' renderer all give the official rendering."""
+    messages, tools, add_generation_prompt = CASE_BY_ID[case]
+    expected = golden()["templates"][INSTRUCT_0905][case]
+    assert ours(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt) == expected
+    assert hf_style_render(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt) == expected
+    via_transformers = transformers_render(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt)
     if via_transformers is not None:
         assert via_transformers == expected
 
 
-# --------------------------------------------------------------------------------------------------- default template
-@pytest.mark.parametrize(("messages", "tools", "add_generation_prompt"), CASES)
-def test_default_template_is_byte_identical_to_0905(messages, tools, add_generation_prompt):
-    expected = hf_style_render(reference_template(INSTRUCT_0905), messages, tools, add_generation_prompt)
-    assert ours(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt) == expected
-    assert hf_style_render(DEFAULT_CHAT_TEMPLATE, messages, tools, add_generation_prompt) == expected
+def test_default_template_renders_the_0905_goldens_of_random_conversations():
+    samples = golden()["random"]
+    assert len(samples) >= 100
+    for sample in samples:
+        tools = TOOLS if sample["tools"] == "TOOLS" else sample["tools"]
+        rendered = ours(DEFAULT_CHAT_TEMPLATE, sample["messages"], tools, sample["add_generation_prompt"])
+        assert rendered == sample[INSTRUCT_0905], sample["messages"]
+
+
+@pytest.mark.parametrize("template_name", [INSTRUCT, INSTRUCT_0905])
+def test_goldens_are_the_official_renderings(template_name):
+    """Where the official files exist, the checked-in goldens must be exactly their renderings."""
+    source = reference_template(template_name)
+    expected = golden()["templates"][template_name]
+    assert set(expected) == set(CASE_BY_ID)
+    for case, (messages, tools, add_generation_prompt) in CASE_BY_ID.items():
+        assert hf_style_render(source, messages, tools, add_generation_prompt) == expected[case], case
+    if template_name == INSTRUCT_0905:
+        for sample in golden()["random"]:
+            tools = TOOLS if sample["tools"] == "TOOLS" else sample["tools"]
+            assert hf_style_render(source, sample["messages"], tools, sample["add_generation_prompt"]) == sample[template_name]
+
+
+def test_default_template_is_written_for_this_project():
+    assert "Written for this project" in DEFAULT_CHAT_TEMPLATE
 
 
 def test_default_template_is_not_a_copy_of_the_official_file():
     assert DEFAULT_CHAT_TEMPLATE.strip() != reference_template(INSTRUCT_0905).strip()
-    assert "Written for this project" in DEFAULT_CHAT_TEMPLATE
 
 
 _text = st.text(alphabet=st.sampled_from(list("ab 中😀\n<|>{}\"'")), max_size=12)
@@ -224,14 +284,14 @@ def test_default_renders_the_spec_example():
 
 
 def test_the_two_official_templates_differ_as_documented():
-    old, new = reference_template(INSTRUCT), reference_template(INSTRUCT_0905)
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    case = case_id("multi_turn", None, False)  # S, U, A, U, A without a generation prompt
+    old, new = golden()["templates"][INSTRUCT][case], golden()["templates"][INSTRUCT_0905][case]
     # line-18 bug of the older template: system (and tool) turns get "\n" after <|im_middle|>
-    assert hf_style_render(old, messages).startswith("<|im_system|>system<|im_middle|>\nS<|im_end|>")
-    assert hf_style_render(new, messages).startswith("<|im_system|>system<|im_middle|>S<|im_end|>")
+    assert old.startswith("<|im_system|>system<|im_middle|>\nS<|im_end|>")
+    assert new.startswith("<|im_system|>system<|im_middle|>S<|im_end|>")
     # 0905 leaves the last turn open without a generation prompt (assistant prefill)
-    assert hf_style_render(old, messages).endswith("A<|im_end|>")
-    assert hf_style_render(new, messages).endswith("<|im_assistant|>assistant<|im_middle|>A")
+    assert old.endswith("6<|im_end|>")
+    assert new.endswith("<|im_assistant|>assistant<|im_middle|>6")
 
 
 # --------------------------------------------------------------------------------------------------- semantics
@@ -288,12 +348,13 @@ def test_tokenizer_uses_the_checkpoint_template_and_defaults_to_ours(tokenizers)
     assert plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=False).endswith("hi")
 
 
-def test_tokenizer_renders_the_official_template_like_hf(tokenizers):
+def test_tokenizer_renders_a_given_template_like_the_official_one(tokenizers):
     plain, _ = tokenizers
-    source = reference_template(INSTRUCT_0905)
+    source = "{% for m in messages %}({{ m.content }}){% endfor %}" + DEFAULT_CHAT_TEMPLATE  # not the tokenizer's own
     messages = CONVERSATIONS["parallel_calls_and_results"]
     text = plain.apply_chat_template(messages, tools=TOOLS, tokenize=False, chat_template=source)
-    assert text == hf_style_render(source, messages, TOOLS, True)
+    expected = golden()["templates"][INSTRUCT_0905][case_id("parallel_calls_and_results", TOOLS, True)]
+    assert text == "(北京和上海的天气？)(Let me check both.)(晴)(多云)(北京晴，上海多云。)" + expected
     ids = plain.apply_chat_template(messages, tools=TOOLS, chat_template=source)
     assert plain.decode(ids) == text
     assert ids.count(plain.token_to_id("<|tool_call_begin|>")) == 2

@@ -14,18 +14,24 @@ from kimi_k2.planner.params import attention_params, count_params, expert_params
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "kimi_k2_reference"
 CONFIGS = Path(__file__).resolve().parent / "configs"
+K2_CONFIG = CONFIGS / "kimi-k2-instruct.json"  # the official Kimi-K2-Instruct config.json, checked in
 
 
 def official_k2() -> dict:
+    return json.loads(K2_CONFIG.read_text())
+
+
+def test_checked_in_k2_config_is_the_official_file():
+    """Where the workspace's reference copy exists, the checked-in fixture must be the same file."""
     path = REFERENCE / "config.json"
     if not path.is_file():
         pytest.skip(f"reference file missing: {path}")
-    return json.loads(path.read_text())
+    assert json.loads(path.read_text()) == official_k2()
 
 
 def test_shipped_k2_config_loads_unchanged_and_equals_preset():
     raw = official_k2()
-    cfg = ModelConfig.from_pretrained(REFERENCE / "config.json")
+    cfg = ModelConfig.from_pretrained(K2_CONFIG)
     assert cfg == preset("kimi-k2")
     exported = cfg.to_hf()
     for key, value in raw.items():

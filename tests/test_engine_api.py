@@ -79,11 +79,16 @@ def test_stop_string_cuts_text_and_never_leaks_into_the_stream(text_llm):
 def test_hf_checkpoint_defaults_and_pool_sized_by_planner(tmp_path):
     hf = make_hf_model("q_lora", seed=3)
     directory = save_hf_model(hf, tmp_path / "ckpt")
-    (directory / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "eos_token_id": [1, 5]}))
+    generation = {"temperature": 0.3, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05,
+                  "eos_token_id": [1, 5], "do_sample": True}
+    (directory / "generation_config.json").write_text(json.dumps(generation))
     budget = 3 * 2**20 + 12345
     llm = LLM(directory, kv_cache_memory=budget, block_size=8)
     assert llm.default_temperature == 0.3
     assert llm.default_stop_token_ids == [1, 5]
+    assert llm.sampling_defaults == {"temperature": 0.3, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05}
+    defaults = llm.default_sampling_params()
+    assert (defaults.top_p, defaults.top_k, defaults.min_p, defaults.repetition_penalty) == (0.95, 20, 0.01, 1.05)
     stats = llm.stats()
     assert stats.kv_blocks_total == kv_pool_blocks(llm.config, budget, 8, 4)
     assert stats.kv_pool_bytes == stats.kv_blocks_total * kv_block_bytes(llm.config, 8, 4) <= budget
@@ -132,6 +137,16 @@ def test_async_engine_streams_concurrent_requests_and_aborts():
     assert seen[-1].finished and seen[-1].finish_reason == "abort" and len(seen) < 10
     stats = engine.stats()
     assert stats.kv_blocks_used == 0 and stats.num_running == 0 and stats.num_waiting == 0
+
+
+def test_a_bad_generation_config_value_names_the_file_and_field():
+    from kimi_k2.engine.llm import sampling_defaults
+
+    with pytest.raises(ValueError, match="ckpt/generation_config.json: top_p=1.5"):
+        sampling_defaults({"top_p": 1.5}, "ckpt/generation_config.json")
+    with pytest.raises(ValueError, match="generation_config.json: top_k='40' is not a number"):
+        sampling_defaults({"top_k": "40"})
+    assert sampling_defaults({"temperature": None, "max_new_tokens": 9}) == {}
 
 
 def test_sampler_filters():
@@ -189,3 +204,73 @@ def test_ids_beyond_the_tokenizer_are_never_sampled_and_a_larger_tokenizer_is_re
     assert tokens and max(tokens) < 400
     with pytest.raises(ValueError, match="vocab_size is 512"):
         LLM(random_model(preset("tiny")), tokenizer=Vocab(600), num_kv_blocks=8)
+
+
+def _draws(logits: torch.Tensor, params: SamplingParams, prompt=(), output=(), n: int = 20) -> list[int]:
+    gen = torch.Generator().manual_seed(0)
+    row = SampleRequest(params, None if params.greedy else gen, list(prompt), list(output))
+    return [sample(logits.unsqueeze(0), [row])[0][0] for _ in range(n)]
+
+
+EXTREME_LOGITS = torch.tensor([1.0, 3.0, -2.0, 2.5, float("-inf")])  # -inf: an id the tokenizer cannot decode
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-6, 5e-5])
+def test_tiny_temperature_is_greedy(temperature):
+    assert SamplingParams(temperature=temperature).greedy == (temperature < 1e-5)
+    assert _draws(EXTREME_LOGITS, SamplingParams(temperature=temperature)) == [1] * 20
+    probs = filtered_probs(EXTREME_LOGITS, SamplingParams(temperature=temperature))
+    assert torch.isfinite(probs).all() and probs[1] > 0.99  # the filter itself is safe too, greedy or not
+
+
+def test_extreme_top_p_min_p_and_top_k_keep_the_top_token():
+    for params in (SamplingParams(temperature=1.0, top_p=1e-300), SamplingParams(temperature=2.0, top_p=5e-324),
+                   SamplingParams(temperature=1.0, min_p=1.0), SamplingParams(temperature=1.0, top_k=1)):
+        probs = filtered_probs(EXTREME_LOGITS, params)
+        assert probs.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0], params
+        assert _draws(EXTREME_LOGITS, params) == [1] * 20
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 5e-324, 1e-30, 1e30, 1e300])
+@pytest.mark.parametrize("temperature", [0.0, 1e-40, 0.7, 2.0])
+def test_extreme_repetition_penalty_is_finite_and_follows_its_direction(penalty, temperature):
+    params = SamplingParams(temperature=temperature, repetition_penalty=penalty)
+    penalised = apply_penalties(EXTREME_LOGITS, SampleRequest(params, None, [0, 4], [2]))
+    assert not penalised.isnan().any() and penalised[4] == float("-inf")  # a masked id stays masked
+    assert torch.isfinite(penalised[:4]).all()
+    tokens = _draws(EXTREME_LOGITS, params, prompt=[0, 4], output=[2])
+    assert all(0 <= t < 4 for t in tokens)
+    if penalty < 1:  # seen tokens are boosted: the seen positive logit 1.0 becomes the largest (or ties for it)
+        assert tokens == [0] * 20 or temperature > 0
+        assert penalised[0] >= penalised[1]
+    else:  # seen tokens are pushed down: the unseen ones win
+        assert penalised[0] < 1e-20 and penalised[2] <= -2.0
+        if temperature < 1e-5:
+            assert tokens == [1] * 20
+
+
+def test_zero_probability_tokens_never_win_the_race():
+    logits = torch.tensor([0.0, float("-inf"), float("-inf")])
+    gen = torch.Generator().manual_seed(0)
+    row = SampleRequest(SamplingParams(temperature=1.0), gen, [], [])
+    zero_race = torch.zeros(3)
+    original = torch.Tensor.exponential_
+    try:  # a race time of exactly 0 (possible for exponential_) must not let 0/0 = NaN win the argmax
+        torch.Tensor.exponential_ = lambda self, *a, **k: self.copy_(zero_race)
+        assert sample(logits.unsqueeze(0), [row])[0] == [0]
+    finally:
+        torch.Tensor.exponential_ = original
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", float("inf")), ("temperature", float("nan")), ("repetition_penalty", float("inf")),
+     ("seed", 2**64), ("seed", -(2**63) - 1)],
+)
+def test_out_of_range_sampling_params_name_the_field(field, value):
+    from kimi_k2.engine.sampling_params import SamplingParamsError
+
+    with pytest.raises(SamplingParamsError, match=field) as info:
+        SamplingParams(**{field: value})
+    assert info.value.field == field
+    SamplingParams(seed=2**64 - 1), SamplingParams(seed=-(2**63))  # the edges are fine

@@ -239,6 +239,6 @@ def test_raw_stream_frames_and_malformed_json(srv):
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     assert all(json.loads(data)["type"] == name for name, data in events)
-    bad = httpx.post(srv.url + "/v1/messages", content=b'{"model": ', headers=headers)
+    bad = httpx.post(srv.url + "/v1/messages", content=b'{"model": ', headers={**headers, "content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
     assert "malformed JSON" in bad.json()["error"]["message"]

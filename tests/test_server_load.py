@@ -42,8 +42,11 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 
 
 def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert match, f"{name} not in /metrics"
+    """The value of series `name` (`metric` or `metric{labels}`), whose labels come after the model_name label."""
+    base, _, labels = name.partition("{")
+    series = f'{base}{{model_name="{MODEL_NAME}"' + (f",{labels}" if labels else "}")
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    assert match, f"{series} not in /metrics"
     return float(match[1])
 
 
@@ -213,11 +216,13 @@ def test_metrics_exposition(tok):
         text = response.text
         for line in text.splitlines():
             assert line.startswith("# ") or re.fullmatch(r'[a-z_:][a-z0-9_:]*(\{[^}]*\})? [-+0-9.eInf]+', line), line
-        assert 'kimi_k2_requests_total{endpoint="/v1/chat/completions",status="200"} 2' in text
-        assert 'kimi_k2_requests_total{endpoint="/v1/chat/completions",status="404"} 1' in text
+        assert metric(text, 'kimi_k2_requests_total{endpoint="/v1/chat/completions",status="200"}') == 2
+        assert metric(text, 'kimi_k2_requests_total{endpoint="/v1/chat/completions",status="404"}') == 1
         completion = 2 * (len(tok.encode("a b c d")) + 1)
         assert metric(text, "kimi_k2_generation_tokens_total") == completion
         assert metric(text, "kimi_k2_time_to_first_token_seconds_count") == 2
         assert metric(text, "kimi_k2_inter_token_latency_seconds_count") == completion - 2
-        for name in ("kimi_k2_prompt_tokens_total", "kimi_k2_queue_length", "kimi_k2_kv_blocks_used", "kimi_k2_kv_blocks_free"):
+        for name in ("kimi_k2_prompt_tokens_total", "kimi_k2_queue_length", "kimi_k2_kv_blocks_used", "kimi_k2_kv_blocks_free",
+                     "kimi_k2_e2e_request_latency_seconds_count", "kimi_k2_requests_in_flight"):
             metric(text, name)
+        assert metric(text, "kimi_k2_kv_cache_usage_ratio") == 0  # idle: every block free

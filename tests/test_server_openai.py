@@ -7,6 +7,7 @@ reasons are exact; everything between the SDK and the engine is production code.
 from __future__ import annotations
 
 import json
+import pickle
 
 import httpx
 import openai
@@ -126,6 +127,57 @@ def test_sampling_parameters_reach_the_engine(srv, client, prompts):
     params = prompts[-1][1]
     assert (params.temperature, params.top_p, params.seed, params.max_tokens) == (0.3, 0.9, 7, 5)
     assert (params.presence_penalty, params.frequency_penalty, params.stop) == (0.5, 0.25, ["zz"])
+
+
+def test_vllm_request_fields_are_honoured(srv, client, prompts):
+    srv.script("a b c d")
+    extras = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "skip_special_tokens": False}
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], max_tokens=8,
+                                           extra_body={**extras, "ignore_eos": True})
+    params = prompts[-1][1]
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.skip_special_tokens) == (5, 0.1, 1.2, False)
+    # the end-of-turn token no longer stops the reply
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 8
+    assert reply.choices[0].message.content == "a b c d"  # the chat parser drops end-of-turn markers
+    raw = client.completions.create(model=MODEL_NAME, prompt="<|im_assistant|>assistant<|im_middle|>", max_tokens=6,
+                                    extra_body={"ignore_eos": True, "skip_special_tokens": False})
+    assert raw.choices[0].text == "a b c d<|im_end|><|im_end|>"  # special tokens kept in the text
+    b_id = srv.tok.encode("a b c d")[1]
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"stop_token_ids": [b_id]})
+    assert reply.choices[0].message.content == "a" and reply.choices[0].finish_reason == "stop"
+    srv.script("a")
+    reply = client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=6, extra_body={"min_tokens": 4})
+    assert reply.usage.completion_tokens >= 4 and prompts[-1][1].min_tokens == 4  # stops ignored before 4 tokens
+
+
+def test_chat_template_kwargs_reach_the_template(srv):
+    template = "{{ greeting | default('none') }}|{% for m in messages %}{{ m.content }}{% endfor %}<|im_assistant|>assistant<|im_middle|>"
+    tok = pickle.loads(pickle.dumps(srv.tok))  # a copy with its own template (the server's workers copy theirs at start)
+    tok.chat_template = template
+    with scripted_server(tok, max_model_len=512) as own:
+        own.script("ok")
+        seen: list = []
+        original = own.engine.generate
+        own.engine.generate = lambda request_id, prompt_ids, params: seen.append(prompt_ids) or original(request_id, prompt_ids, params)
+        client = openai.OpenAI(base_url=own.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"greeting": "hey"}})
+        assert tok.decode(seen[-1]).startswith("hey|x")
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body={"chat_template_kwargs": {"tools": []}})
+        assert info.value.body["param"] == "chat_template_kwargs" and "'tools'" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "needle"),
+    [({"guided_json": {"type": "object"}}, "guided_json", "unsupported parameter 'guided_json'"),
+     ({"use_beam_search": True}, "use_beam_search", "unsupported parameter 'use_beam_search'"),
+     ({"stop_token_ids": [10**9]}, "stop_token_ids", "outside the vocabulary"),
+     ({"min_tokens": 9, "max_tokens": 4}, "min_tokens", "min_tokens=9")],
+)
+def test_vllm_fields_that_cannot_be_honoured_are_named(client, extra, param, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], extra_body=extra)
+    assert info.value.body["param"] == param and needle in info.value.message
 
 
 def test_logprobs_are_returned_per_token(srv, client):

@@ -114,3 +114,57 @@ def test_serve_rejects_bad_arguments(checkpoint, tmp_path):
     assert serve_cli.parse_bytes("2GiB") == 2 * 2**30 and serve_cli.parse_bytes("512") == 512
     with pytest.raises(ValueError, match="expected a size"):
         serve_cli.parse_bytes("lots")
+
+
+@pytest.mark.parametrize("command", ["serve", "generate", "chat"])
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--kv-memory", "2XB"], "argument --kv-memory: '2XB': expected a size like 512MiB, 2GiB"),
+    (["--max-model-len", "lots"], "argument --max-model-len: 'lots': expected a whole number"),
+    (["--threads", "0"], "argument --threads: '0': must be at least 1"),
+])
+def test_bad_option_values_say_what_is_expected(command, argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, *argv])
+    assert needle in capsys.readouterr().err
+
+
+def test_serve_takes_a_hub_id_from_the_local_cache_a_chat_template_and_the_checkpoint_dtype(checkpoint, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    directory, _, _ = checkpoint
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--test-org--tiny-k2" / "snapshots" / "0123abcd"
+    shutil.copytree(directory, snapshot)
+    (cache / "models--test-org--tiny-k2" / "refs").mkdir()
+    (cache / "models--test-org--tiny-k2" / "refs" / "main").write_text("0123abcd")
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}<|im_assistant|>assistant<|im_middle|>")
+    parse = build_parser().parse_args
+    app, engine = serve_cli.build(parse(["serve", "--model", "test-org/tiny-k2", "--kv-memory", "4MiB",
+                                         "--chat-template", str(template)]))
+    try:
+        state = app.state.server
+        assert state.model_name == "test-org/tiny-k2"  # the id clients know it by
+        assert engine.llm.model.compute_dtype == torch.float32  # --dtype auto over weights kept as stored
+        assert state.tokenizer.chat_template == template.read_text()
+        assert state.tokenizer.decode(state.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])) == \
+            "hi<|im_assistant|>assistant<|im_middle|>"
+    finally:
+        engine.shutdown()
+    app, engine = serve_cli.build(parse(["serve", "--model", "test-org/tiny-k2", "--kv-memory", "4MiB", "--weights",
+                                         "dequantize"]))
+    try:  # weights converted on load: --dtype auto is the checkpoint's torch_dtype
+        assert engine.llm.model.compute_dtype == torch.bfloat16
+        assert engine.llm.model.lm_head.weight.dtype == torch.bfloat16
+    finally:
+        engine.shutdown()
+    with pytest.raises(FileNotFoundError, match="test-org/absent: no such directory, and not in the Hugging Face cache .*hf download"):
+        serve_cli.build(parse(["serve", "--model", "test-org/absent"]))
+    with pytest.raises(FileNotFoundError, match="--chat-template .*missing.jinja: no such file"):
+        serve_cli.build(parse(["serve", "--model", str(directory), "--chat-template", str(tmp_path / "missing.jinja")]))
+    template.write_text("{% for m in messages %}")
+    with pytest.raises(ValueError, match="--chat-template .*template.jinja: chat template syntax error"):
+        serve_cli.build(parse(["serve", "--model", str(directory), "--chat-template", str(template)]))

@@ -61,10 +61,16 @@ def test_histogram_is_cumulative_with_inf_bucket():
 
 
 def test_latency_histograms_from_token_times():
-    metrics = ServerMetrics(lambda: {"waiting": 3})
+    metrics = ServerMetrics(lambda: {"waiting": 3, "kv_blocks_used": 3, "kv_blocks_free": 9}, model_name='k2"x')
     metrics.observe_tokens([10.5, 10.5, 10.7], arrival=10.0)
     assert metrics.ttft.count == 1 and metrics.itl.count == 2 and metrics.e2e.count == 1
-    assert "kimi_k2_queue_length 3" in metrics.render()
+    text = metrics.render()
+    assert 'kimi_k2_queue_length{model_name="k2\\"x"} 3' in text  # every series carries the escaped model name
+    assert 'kimi_k2_kv_cache_usage_ratio{model_name="k2\\"x"} 0.25' in text
+    assert 'kimi_k2_time_to_first_token_seconds_bucket{model_name="k2\\"x",le="0.5"} 1' in text
+    assert 'kimi_k2_e2e_request_latency_seconds_count{model_name="k2\\"x"} 1' in text
+    empty = ServerMetrics(lambda: {"kv_blocks_used": 0, "kv_blocks_free": 0}).render()
+    assert 'kimi_k2_kv_cache_usage_ratio{model_name=""} 0' in empty  # no pool yet: 0, not a division by zero
 
 
 def test_api_key_headers():

@@ -14,17 +14,18 @@ import sys
 from kimi_k2.checkpoint.scheme import CheckpointError
 from kimi_k2.checkpoint.validate import inspect_checkpoint
 from kimi_k2.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, FORMATS, convert_checkpoint
+from kimi_k2.hub import cached_snapshot, looks_like_hub_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify", help="validate a checkpoint directory against its config.json without reading weights"
     )
-    verify.add_argument("directory", help="checkpoint directory (config.json + safetensors index or model.safetensors)")
+    verify.add_argument("directory", help="checkpoint directory (config.json + safetensors index or model.safetensors), or a Hub id in the local HF cache")
     verify.set_defaults(func=run_verify)
 
     convert = subparsers.add_parser("convert", help="convert a checkpoint to bf16, fp32, block FP8 or INT4 (HF layout)")
-    convert.add_argument("src", help="source checkpoint directory")
+    convert.add_argument("src", help="source checkpoint directory, or a Hub id in the local HF cache")
     convert.add_argument("dst", help="destination directory")
     convert.add_argument("--to", required=True, choices=FORMATS, help="output format")
     convert.add_argument(
@@ -38,8 +39,13 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes:,} bytes ({nbytes / 2**30:.2f} GiB)"
 
 
+def _checkpoint(path: str) -> str:
+    """`path`, or the local HF cache's snapshot when it is a Hub id (`kimi_k2.hub`; nothing downloads)."""
+    return str(cached_snapshot(path)) if looks_like_hub_id(path) else path
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    report = inspect_checkpoint(args.directory)
+    report = inspect_checkpoint(_checkpoint(args.directory))
     print(f"checkpoint  {report.root}")
     if report.cfg is not None:
         cfg = report.cfg
@@ -69,7 +75,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = convert_checkpoint(args.src, args.dst, args.to, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+        out = convert_checkpoint(_checkpoint(args.src), args.dst, args.to, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
     except CheckpointError as exc:
         print(f"kimi-k2 convert: {exc.source}: {len(exc.problems)} problems:", file=sys.stderr)
         for problem in exc.problems:

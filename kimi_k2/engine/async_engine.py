@@ -176,7 +176,9 @@ class AsyncLLM:
             _, request_id, prompt_ids, params, sink = command
             try:
                 self.core.add_request(request_id, prompt_ids, params)
-            except ValueError as exc:
+            except Exception as exc:  # one bad request (ValueError, or torch refusing its seed) must not stop the thread
+                if not isinstance(exc, ValueError):
+                    log.exception("request %s could not be added", request_id)
                 sink.put(exc)
                 return
             self._sinks[request_id] = sink

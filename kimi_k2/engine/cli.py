@@ -1,10 +1,16 @@
 """`kimi-k2 generate` and `kimi-k2 chat`: run a checkpoint from the command line, streaming.
 
-`generate` completes one prompt (text, or `--prompt-ids` for a checkpoint without a tokenizer), optionally
-wrapped in the chat template (`--chat`). `chat` is an interactive conversation through the checkpoint's chat
-template; assistant output goes through the tokenizer's streaming output parser, so reasoning and tool calls
-are shown as such (`[tool call functions.get_weather:0] get_weather({...})`). Sampling defaults are the
-checkpoint's (temperature from generation_config.json, else K2's 0.6).
+`generate` answers one prompt. On a chat model (a checkpoint that ships a chat template, or `--chat-template
+FILE`) the prompt is sent as a user message through the template, as `chat` does; `--raw` completes the text
+as it is instead (and `--chat` forces the template on a checkpoint without one: K2's built-in template).
+`--prompt-ids` (token ids, for a checkpoint without a tokenizer) is always raw. `chat` is an interactive
+conversation through the chat template; assistant output goes through the tokenizer's streaming output parser,
+so reasoning and tool calls are shown as such (`[tool call functions.get_weather:0] get_weather({...})`).
+
+The model options (`--model`, `--dtype`, `--kv-memory`, `--max-model-len`, `--threads`, `--chat-template`) are
+`serve`'s, with the same names and units (`kimi_k2/cli_options.py`). Sampling options left out take the
+checkpoint's defaults (`generation_config.json`: temperature, top_p, top_k, min_p, repetition_penalty; else
+K2's temperature 0.6 and no filters).
 """
 
 from __future__ import annotations
@@ -13,40 +19,32 @@ import argparse
 import sys
 from typing import Any
 
-# kimi_k2.checkpoint.loader.WEIGHT_FORMATS, spelled here so `--help` imports no torch; serve uses the same list.
-WEIGHT_CHOICES = ("auto", "dequantize", "fp8", "int4")
+from kimi_k2.cli_options import add_model_options, auto_dtype, positive_int, read_chat_template, resolve_model
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint directory (HF layout; default: the built-in nano K2 demo model)")
-    parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate per reply (512)")
+    add_model_options(parser)
+    parser.add_argument("--max-tokens", type=positive_int, default=512, help="most tokens to generate per reply (512)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the checkpoint's, else 0.6)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (default: the checkpoint's, else 1 = off)")
+    parser.add_argument("--top-k", type=int, help="0 = off (default: the checkpoint's, else off)")
+    parser.add_argument("--min-p", type=float, help="0 = off (default: the checkpoint's, else off)")
+    parser.add_argument("--repetition-penalty", type=float, help="1 = off (default: the checkpoint's, else off)")
     parser.add_argument("--seed", type=int, help="fix the sampling seed")
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute")
-    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
-                        help="auto (default): keep FP8 / INT4 checkpoints in their stored format; dequantize: convert "
-                        "them to --dtype on load; fp8 / int4: quantize on load")
-    parser.add_argument("--int8-activations", action="store_true",
-                        help="INT4 weights against activations quantized to int8 per 32 values (faster, not exact)")
-    parser.add_argument("--no-mmap", action="store_true",
-                        help="read the weights into RAM instead of using them memory-mapped from the checkpoint files")
-    parser.add_argument("--kv-cache-memory", type=float, help="KV cache budget in GiB (default: what max-num-seqs full-context sequences need, at most 1/5 of free RAM and 4 GiB)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    gen = subparsers.add_parser("generate", help="complete a prompt with a checkpoint, streaming the text")
+    gen = subparsers.add_parser("generate", help="answer one prompt with a checkpoint, streaming the text")
     _add_common(gen)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text (needs the checkpoint's tokenizer)")
-    source.add_argument("--prompt-ids", help="comma-separated prompt token ids")
-    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message via the chat template")
-    gen.add_argument("--system", help="system message (with --chat)")
+    source.add_argument("--prompt-ids", help="comma-separated prompt token ids (raw completion)")
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="complete the prompt text as is, without the chat template")
+    mode.add_argument("--chat", action="store_true",
+                      help="use the chat template even if the checkpoint has none of its own (K2's built-in one)")
+    gen.add_argument("--system", help="system message (chat rendering only)")
     gen.set_defaults(func=_generate)
 
     chat = subparsers.add_parser("chat", help="interactive streaming chat with a checkpoint (shows tool calls)")
@@ -55,36 +53,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chat.set_defaults(func=_chat)
 
 
-def _sampling_params(args: argparse.Namespace) -> Any:
+def _sampling_params(args: argparse.Namespace, defaults: dict[str, float]) -> Any:
     from kimi_k2.engine.sampling_params import SamplingParams
 
-    return SamplingParams(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        stop=list(args.stop),
-    )
+    def pick(name: str, neutral: float) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else defaults.get(name, neutral)
+
+    try:
+        return SamplingParams(
+            temperature=args.temperature,
+            top_p=pick("top_p", 1.0),
+            top_k=int(pick("top_k", 0)),
+            min_p=pick("min_p", 0.0),
+            repetition_penalty=pick("repetition_penalty", 1.0),
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            stop=list(args.stop),
+        )
+    except ValueError as exc:  # "SamplingParams.top_p=2.0: must be in (0, 1]" -> "--top-p 2.0: must be in (0, 1]"
+        field = getattr(exc, "field", None)
+        if field is None:
+            raise
+        message = str(exc).split(": ", 1)[-1]
+        raise ValueError(f"--{field.replace('_', '-')} {getattr(args, field)}: {message}") from None
 
 
 def _load(args: argparse.Namespace) -> Any:
     import torch
 
-    from kimi_k2.assets import default_model_dir
+    from kimi_k2.config import ModelConfig
     from kimi_k2.engine.llm import LLM
 
-    if args.model is None:
-        args.model = str(default_model_dir())
-    kwargs: dict[str, Any] = {}
-    if args.kv_cache_memory is not None:
-        kwargs["kv_cache_memory"] = int(args.kv_cache_memory * 2**30)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    return LLM(args.model, dtype=dtype, weights=args.weights, mmap=not args.no_mmap, num_threads=args.threads,
-               int8_activations=args.int8_activations, **kwargs)
+    model_dir = resolve_model(args.model)
+    template = read_chat_template(args.chat_template) if args.chat_template else None
+    dtype = auto_dtype(ModelConfig.from_pretrained(model_dir), args.weights) if args.dtype == "auto" else args.dtype
+    print(f"loading {model_dir} ({dtype}) ...", file=sys.stderr, flush=True)
+    llm = LLM(model_dir, dtype=getattr(torch, dtype), weights=args.weights, mmap=not args.no_mmap,
+              int8_activations=args.int8_activations, num_threads=args.threads, kv_cache_memory=args.kv_memory,
+              max_model_len=args.max_model_len)
+    if template is not None:
+        if llm.tokenizer is None:
+            raise ValueError(f"--chat-template: {model_dir} has no tokenizer (tiktoken.model) to render it with")
+        llm.tokenizer.chat_template = template
+        llm.tokenizer.has_own_chat_template = True
+    return llm
+
+
+def renders_chat(args: argparse.Namespace, tokenizer: Any) -> bool:
+    """Whether `generate` sends the prompt through the chat template (the default on a chat model)."""
+    if args.prompt_ids is not None or args.raw or tokenizer is None:
+        return False
+    return bool(args.chat or getattr(tokenizer, "has_own_chat_template", False))
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -95,13 +115,17 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    params = _sampling_params(args)
+    if args.prompt_ids is not None and args.chat:
+        raise ValueError("--chat needs --prompt text, not --prompt-ids")
+    _sampling_params(args, {})  # a bad value fails before the model loads
     llm = _load(args)
+    params = _sampling_params(args, llm.sampling_defaults)
+    chat = renders_chat(args, llm.tokenizer)
+    if args.system and not chat:
+        raise ValueError("--system needs the chat template: drop --raw / --prompt-ids, or add --chat")
     if args.prompt_ids is not None:
-        if args.chat:
-            raise ValueError("--chat needs --prompt text, not --prompt-ids")
         prompt: Any = _parse_ids(args.prompt_ids)
-    elif args.chat:
+    elif chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
         ]
@@ -129,8 +153,9 @@ def _chat(args: argparse.Namespace) -> int:
     from kimi_k2.tokenizer.events import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
     from kimi_k2.tokenizer.output_parser import OutputParser
 
-    params = _sampling_params(args)
+    _sampling_params(args, {})  # a bad value fails before the model loads
     llm = _load(args)
+    params = _sampling_params(args, llm.sampling_defaults)
     if llm.tokenizer is None:
         raise ValueError(f"{args.model}: chat needs a tokenizer (tiktoken.model) in the checkpoint directory")
     messages: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []

@@ -25,7 +25,7 @@ from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampler import SampleRequest, TokenLogprob, sample
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
 from kimi_k2.engine.scheduler import Scheduler
-from kimi_k2.engine.sequence import FinishReason, Sequence
+from kimi_k2.engine.sequence import FinishReason, Sequence, check_request
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 from kimi_k2.planner.kv import kv_bytes
 
@@ -154,19 +154,18 @@ class EngineCore:
         )
 
     # ------------------------------------------------------------------ requests
+    def check_request(self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str = "") -> None:
+        """Raise ValueError for a request `add_request` would refuse (`sequence.check_request` with this
+        engine's limits)."""
+        check_request(prompt_token_ids, params, vocab_size=self.cfg.vocab_size, max_model_len=self.max_model_len,
+                      has_tokenizer=self.tokenizer is not None, request_id=request_id)
+
     def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams | None = None) -> None:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
         params = (params or SamplingParams()).with_defaults(self.default_temperature)
         prompt = [int(t) for t in prompt_token_ids]
-        vocab = self.cfg.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"request {request_id!r}: token id {bad[0]} is outside the vocabulary [0, {vocab})")
-        if len(prompt) >= self.max_model_len:
-            raise ValueError(
-                f"request {request_id!r}: prompt has {len(prompt)} tokens; the context limit is {self.max_model_len}"
-            )
+        self.check_request(prompt, params, request_id)
         room = self.max_model_len - len(prompt)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.default_stop_token_ids)
@@ -175,8 +174,6 @@ class EngineCore:
         if not params.greedy:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
             generator = torch.Generator().manual_seed(seed)
-        if params.stop and self.tokenizer is None:
-            raise ValueError(f"request {request_id!r}: stop strings need a tokenizer; this engine has none")
         detokenizer = None
         if self.tokenizer is not None:
             detokenizer = self.tokenizer.detokenizer(

@@ -3,7 +3,9 @@
 Prompts are token id lists, or strings when the checkpoint directory has a tokenizer (`tiktoken.model`;
 special-token markup in a string is encoded as the special tokens, as HF does). Defaults come from the
 checkpoint: stop ids = config `eos_token_id` + `generation_config.json`'s `eos_token_id` + the tokenizer's
-`<|im_end|>` and `[EOS]`; temperature = `generation_config.json`'s, else K2's recommended 0.6.
+`<|im_end|>` and `[EOS]`; temperature = `generation_config.json`'s, else K2's recommended 0.6. The other sampling
+defaults of `generation_config.json` (top_p, top_k, min_p, repetition_penalty) are `sampling_defaults`, and
+`default_sampling_params()` uses them all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from kimi_k2.engine.core import EngineCore, EngineStats, RequestOutput
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
+from kimi_k2.hub import resolve_checkpoint
 from kimi_k2.jsonfile import read_json_object
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 
@@ -31,6 +34,22 @@ Prompt = str | Seq[int]
 def read_generation_config(directory: str | Path) -> dict[str, Any]:
     """`generation_config.json` of a checkpoint directory, or {} when there is none."""
     return read_json_object(Path(directory) / "generation_config.json", missing_ok=True)
+
+
+SAMPLING_DEFAULT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(generation_config: Mapping[str, Any], source: str = "generation_config.json") -> dict[str, float]:
+    """The sampling fields a generation config sets, checked by `SamplingParams` (an error names the file)."""
+    values = {k: generation_config[k] for k in SAMPLING_DEFAULT_FIELDS if generation_config.get(k) is not None}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{source}: {key}={value!r} is not a number")
+    try:
+        SamplingParams(**values)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {str(exc).removeprefix('SamplingParams.')}") from None
+    return {k: (int(v) if k == "top_k" else float(v)) for k, v in values.items()}
 
 
 def load_tokenizer(directory: str | Path) -> Any | None:
@@ -49,15 +68,15 @@ def _as_ids(value: Any) -> list[int]:
 class LLM:
     """Batch and streaming generation on one model with a paged latent KV cache and continuous batching.
 
-    `model`: a checkpoint directory (HF layout) or a `KimiK2ForCausalLM`. `weights`: what a checkpoint's
-    linear layers become (`load_model`'s choice): "auto" (default) keeps FP8 and INT4 checkpoints in their stored
-    format, run by the kernels that read it; "dequantize" converts them to `dtype` on load; "fp8" / "int4"
-    quantize. `int8_activations=True` (an engine keyword) runs INT4 weights against activations quantized to
-    int8 per 32 inputs, llama.cpp's Q4_0 × Q8_0 arithmetic: faster, not exact (docs/engine.md has the measured
-    error). `mmap` (default True): tensors used as stored are views into the memory-mapped checkpoint files
-    (zero copy; a start takes seconds and the page cache holds the experts); False reads them into RAM.
-    `tokenizer`: a tokenizer object, a
-    directory to load one from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
+    `model`: a checkpoint directory (HF layout), a Hub id cached locally (`kimi_k2.hub`) or a
+    `KimiK2ForCausalLM`. `weights`: what a checkpoint's linear layers become (`load_model`'s choice): "auto"
+    (default) keeps FP8 and INT4 checkpoints in their stored format, run by the kernels that read it;
+    "dequantize" converts them to `dtype` on load; "fp8" / "int4" quantize. `int8_activations=True` (an engine
+    keyword) runs INT4 weights against activations quantized to int8 per 32 inputs, llama.cpp's Q4_0 × Q8_0
+    arithmetic: faster, not exact (docs/engine.md has the measured error). `mmap` (default True): tensors used
+    as stored are views into the memory-mapped checkpoint files (zero copy; a start takes seconds and the page
+    cache holds the experts); False reads them into RAM. `tokenizer`: a tokenizer object, a directory to load one
+    from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
     `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
     The other keywords are `EngineCore`'s.
     """
@@ -80,9 +99,7 @@ class LLM:
             self.model = model.eval()
             source: Path | None = None
         else:
-            source = Path(model)
-            if not source.is_dir():
-                raise FileNotFoundError(f"checkpoint directory not found: {source}")
+            source = resolve_checkpoint(model, "checkpoint")  # a directory, or a Hub id in the local HF cache
             from kimi_k2.checkpoint.loader import load_model
 
             self.model = load_model(source, dtype=dtype, weights=weights, mmap=mmap)
@@ -100,8 +117,9 @@ class LLM:
         if tokenizer is not None:
             stops |= set(tokenizer.stop_token_ids)
         self.default_stop_token_ids = sorted(stops)
-        temperature = generation_config.get("temperature")
-        self.default_temperature = float(temperature) if temperature is not None else K2_DEFAULT_TEMPERATURE
+        where = f"{source / 'generation_config.json'}" if source is not None else "generation_config.json"
+        self.sampling_defaults = sampling_defaults(generation_config, where)
+        self.default_temperature = self.sampling_defaults.get("temperature", K2_DEFAULT_TEMPERATURE)
         self.engine = EngineCore(
             self.model,
             tokenizer=tokenizer,
@@ -127,7 +145,7 @@ class LLM:
         return list(self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
 
     def default_sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.default_temperature)
+        return SamplingParams(**{**self.sampling_defaults, "temperature": self.default_temperature})
 
     @staticmethod
     def _batch(prompts: Prompt | Seq[Prompt]) -> tuple[list[Prompt], bool]:

@@ -6,6 +6,12 @@ temperature is 0, else temperature, top-k, top-p (smallest set whose probability
 draw. Reported logprobs are those of the model's raw distribution (`log_softmax` of the unprocessed logits),
 which is what vLLM reports by default.
 
+Numerical safety over the whole accepted range: a temperature below 1e-5 is greedy (`SamplingParams.greedy`);
+logits are shifted by their maximum before dividing by the temperature, so the top token's scaled logit is 0
+and nothing overflows; the repetition penalty is applied in float64 and clamped to finite float32 values (1e-300
+is 0 in float32: a logit divided by it would be +inf, a masked -inf times it NaN); top-p always keeps the most likely token (`top_p × total` can
+underflow to 0); tokens of probability 0 can never win the race (0 / e is -1 here, never NaN).
+
 Reproducibility: every sequence owns a `torch.Generator` (seeded from `params.seed`, or from the engine's
 generator when no seed is given), and a draw is `argmax(p / e)` with `e ~ Exp(1)` drawn from that generator
 alone — the exponential-race form of sampling from p. A row's draw therefore depends only on its own logits
@@ -49,8 +55,10 @@ def apply_penalties(logits: torch.Tensor, row: SampleRequest) -> torch.Tensor:
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(list(row.prompt_token_ids) + list(row.output_token_ids), dtype=torch.long)
         seen = seen[seen < vocab].unique()
-        values = logits[seen]
-        logits[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        values = logits[seen].double()  # float64: a penalty of 1e-300 is 0 in float32 (-inf × 0 would be NaN)
+        scaled = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        finite = torch.finfo(logits.dtype).max
+        logits[seen] = torch.where(values == float("-inf"), values, scaled.clamp(-finite, finite)).to(logits.dtype)
     if (p.presence_penalty or p.frequency_penalty) and row.output_token_ids:
         out = torch.tensor(list(row.output_token_ids), dtype=torch.long)
         counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
@@ -61,7 +69,9 @@ def apply_penalties(logits: torch.Tensor, row: SampleRequest) -> torch.Tensor:
 def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """logits [V] → probabilities [V] after temperature, top-k, top-p and min-p (renormalised)."""
     assert params.temperature is not None and params.temperature > 0
-    probs = (logits.float() / params.temperature).softmax(-1)
+    logits = logits.float()
+    # shifted so the top logit is 0: a tiny temperature sends the others to -inf, never the top one to +inf
+    probs = ((logits - logits.max()) / params.temperature).softmax(-1)
     vocab = probs.shape[-1]
     if params.top_k > 0 and params.top_k < vocab:
         kth = probs.topk(params.top_k).values[-1]
@@ -69,7 +79,8 @@ def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
-        drop_sorted = before >= params.top_p * sorted_probs.sum()  # the top token always survives
+        drop_sorted = before >= params.top_p * sorted_probs.sum()
+        drop_sorted[0] = False  # the top token always survives (top_p × total may underflow to 0)
         probs = probs.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), 0.0)
     if params.min_p > 0.0:
         probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
@@ -84,7 +95,8 @@ def sample_row(logits: torch.Tensor, row: SampleRequest) -> int:
         return int(logits.argmax())
     probs = filtered_probs(logits, row.params)
     race = torch.empty_like(probs).exponential_(1.0, generator=row.generator)
-    return int((probs / race).argmax())
+    # a zero-probability token must never win, even against a race time of 0 (0 / 0 is NaN, and argmax takes NaN)
+    return int(torch.where(probs > 0, probs / race, -1.0).argmax())
 
 
 def token_logprobs(logits: torch.Tensor, token_id: int, top: int) -> TokenLogprob:

@@ -4,6 +4,8 @@ Pure Python (no torch), so the scheduler and the server can hold it. Semantics f
 implements it: presence/frequency penalties count generated tokens only, the repetition penalty (CTRL paper,
 HF semantics) applies to every token seen (prompt and output), `temperature == 0` is greedy, `top_k <= 0` and
 `top_p == 1` disable those filters, `min_p` keeps tokens with probability >= min_p × the top probability.
+A temperature below `GREEDY_BELOW` (1e-5, vLLM's threshold too) is greedy: dividing logits by 1e-45 would
+overflow float32, and such a distribution is argmax anyway.
 
 `temperature=None` means "the model's default": `generation_config.json`'s temperature when the checkpoint has
 one, else Kimi K2's recommended 0.6 (SPEC §5); `LLM` resolves it with `with_defaults`. Stop token ids given
@@ -13,9 +15,20 @@ here are added to the model's default stops (EOS and `<|im_end|>`), which `ignor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 K2_DEFAULT_TEMPERATURE = 0.6
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts: [-2**63, 2**64)
+
+
+class SamplingParamsError(ValueError):
+    """A field out of range; `field` is its name (the server reports it as the request's `param`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(slots=True)
@@ -45,11 +58,11 @@ class SamplingParams:
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and the allowed range."""
 
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"SamplingParams.{name}={getattr(self, name)!r}: {allowed}")
+        def bad(name: str, allowed: str) -> SamplingParamsError:
+            return SamplingParamsError(name, f"SamplingParams.{name}={getattr(self, name)!r}: {allowed}")
 
-        if self.temperature is not None and not self.temperature >= 0:
-            raise bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.temperature is not None and not 0 <= self.temperature < math.inf:
+            raise bad("temperature", "must be a finite number >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise bad("top_p", "must be in (0, 1]")
         if self.top_k < 0:
@@ -59,8 +72,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must be in [-2, 2]")
-        if not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "must be > 0 (1 = off)")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise bad("repetition_penalty", "must be a finite number > 0 (1 = off)")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise bad("max_tokens", "must be >= 1 or None")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
@@ -69,12 +82,14 @@ class SamplingParams:
             raise bad("stop_token_ids", "token ids must be >= 0")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", "stop strings must be non-empty strings")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise bad("seed", "must be in [-2**63, 2**64) (a 64-bit seed)")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", "must be None or in [0, 20]")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature is not None and self.temperature < GREEDY_BELOW
 
     @property
     def uses_penalties(self) -> bool:

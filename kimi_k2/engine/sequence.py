@@ -12,9 +12,28 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 from kimi_k2.engine.sampling_params import SamplingParams
+
+
+def check_request(
+    prompt_token_ids: Seq[int], params: SamplingParams, *, vocab_size: int, max_model_len: int, has_tokenizer: bool,
+    request_id: str = "",
+) -> None:
+    """Raise ValueError for a request an engine with these limits would refuse. Pure (no torch), so the server
+    checks it before a stream starts, in any process; `EngineCore.add_request` runs the same function."""
+    where = f"request {request_id!r}: " if request_id else ""
+    if not prompt_token_ids:
+        raise ValueError(f"{where}the prompt is empty: it needs at least one token")
+    bad = next((t for t in prompt_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"{where}token id {bad} is outside the vocabulary [0, {vocab_size})")
+    if len(prompt_token_ids) >= max_model_len:
+        raise ValueError(f"{where}prompt has {len(prompt_token_ids)} tokens; the context limit is {max_model_len}")
+    if params.stop and not has_tokenizer:
+        raise ValueError(f"{where}stop strings need a tokenizer; this engine has none")
 
 _arrival_counter = itertools.count()
 

@@ -30,12 +30,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kimi_k2.engine.core import RequestOutput
+from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
     AssembledCall,
@@ -48,6 +48,7 @@ from kimi_k2.server.chat import (
     validate_function,
 )
 from kimi_k2.server.errors import anthropic_error_body, bad_request
+from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import sse_event
 from kimi_k2.server.state import (
     EngineStreamingResponse,
@@ -60,6 +61,9 @@ from kimi_k2.server.state import (
     stream_with_errors,
 )
 from kimi_k2.tokenizer.events import ContentDelta, OutputEvent, ReasoningDelta, ToolCallEnd
+
+if TYPE_CHECKING:  # the preparation processes import this module: no torch at import time
+    from kimi_k2.engine.core import RequestOutput
 
 log = logging.getLogger("kimi_k2")
 
@@ -155,8 +159,8 @@ def anthropic_tool_choice(choice: s.AnthropicToolChoice | None) -> ToolChoice:
     return ToolChoice({"auto": "auto", "any": "required", "none": "none"}[choice.type], parallel=parallel)
 
 
-def _prompt(state: ServerState, req: s.CountTokensRequest) -> ChatPrompt:
-    state.check_model(req.model)
+def _prompt(checks: RequestChecks, req: s.CountTokensRequest) -> ChatPrompt:
+    checks.check_model(req.model)
     if req.output_config is not None and req.output_config.format is not None:
         raise bad_request("output_config.format (structured outputs) is not supported by this server", "output_config.format")
     tools = anthropic_tools(req.tools)
@@ -168,7 +172,7 @@ def _prompt(state: ServerState, req: s.CountTokensRequest) -> ChatPrompt:
     if prefill and (messages[-1].get("tool_calls") or choice.mode in ("required", "function")):
         raise bad_request("a final assistant message (prefill) cannot contain tool_use blocks or be combined with a "
                           "tool_choice that forces a call", "messages")
-    return build_prompt(state.tokenizer, messages, tools, choice, continue_final=prefill)
+    return build_prompt(checks.tokenizer, messages, tools, choice, continue_final=prefill)
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -225,37 +229,59 @@ def _content_blocks(assembled: OutputAssembler) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------- routes
+def count_prompt_tokens(checks: RequestChecks, body: bytes) -> int:
+    """The prompt length of a count_tokens request (in a preparation process)."""
+    return len(_prompt(checks, s.parse_body(s.CountTokensRequest, body)).prompt_ids)
+
+
 async def count_tokens(request: Request) -> Response:
     state: ServerState = request.app.state.server
-    req = s.parse_body(s.CountTokensRequest, await request.body())
-    return JSONResponse({"input_tokens": len(_prompt(state, req).prompt_ids)})
+    return JSONResponse({"input_tokens": await state.prepare(count_prompt_tokens, await request.body())})
 
 
-async def messages(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.MessagesRequest, await request.body())
-    prompt = _prompt(state, req)
-    state.check_lengths(len(prompt.prompt_ids), req.max_tokens, "max_tokens")
+@dataclass(frozen=True)
+class PreparedMessages:
+    """What a Messages request needs to run, as the preparation process returns it."""
+
+    prompt: ChatPrompt
+    params: SamplingParams
+    stream: bool
+
+
+def prepare_messages(checks: RequestChecks, body: bytes) -> PreparedMessages:
+    """Parse, validate, render and tokenize a Messages request (in a preparation process)."""
+    req = s.parse_body(s.MessagesRequest, body)
+    prompt = _prompt(checks, req)
+    checks.check_lengths(len(prompt.prompt_ids), req.max_tokens, "max_tokens")
     stops = list(req.stop_sequences or [])
     if any(not x for x in stops):
         raise bad_request("stop_sequences: stop sequences must be non-empty", "stop_sequences")
     params = make_params(
         temperature=req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
+        top_p=checks.sampling_default("top_p", req.top_p, 1.0),
+        top_k=int(checks.sampling_default("top_k", req.top_k, 0)),
+        min_p=checks.sampling_default("min_p", None, 0.0),
+        repetition_penalty=checks.sampling_default("repetition_penalty", None, 1.0),
         max_tokens=req.max_tokens,
         stop=stops,
         stop_token_ids=prompt.stop_token_ids,
     )
-    slot = state.admission.admit()
+    checks.check_engine_request(prompt.prompt_ids, params)
+    return PreparedMessages(prompt, params, req.stream)
+
+
+async def messages(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    job = await state.prepare(prepare_messages, await request.body())
+    slot = state.admit()
     message_id = new_request_id("msg_")
-    outputs = generate(state, slot, message_id, prompt.prompt_ids, params, arrival)
-    if req.stream:
-        events = _stream(state, message_id, prompt, outputs)
+    outputs = generate(state, slot, message_id, job.prompt.prompt_ids, job.params, arrival)
+    if job.stream:
+        events = _stream(state, message_id, job.prompt, outputs)
         body = stream_with_errors(events, lambda e: sse_event("error", anthropic_error_body(e)))
         return EngineStreamingResponse(body, slot)
-    return JSONResponse(await cancel_on_disconnect(request, _full(state, message_id, prompt, outputs), slot))
+    return JSONResponse(await cancel_on_disconnect(request, _full(state, message_id, job.prompt, outputs), slot))
 
 
 def _message_shell(state: ServerState, message_id: str) -> dict[str, Any]:

@@ -2,18 +2,23 @@
 
 Bodies are read and validated by the endpoint code (`schemas.parse_body`), not by FastAPI's signature-driven
 parsing, so malformed JSON and wrong types produce the API's own 400 body instead of FastAPI's 422. A pure-ASGI
-middleware (no response buffering, so streams and disconnect detection are untouched) checks the API key and
-counts every response by endpoint and status. Any exception that is not an `APIError` becomes a 500 in the
-right schema and is logged with its traceback: no input can take the server down.
+middleware (no response buffering, so streams and disconnect detection are untouched) refuses what no endpoint
+should see (`guard.py`: browser origins not allowed, a missing or wrong key, non-JSON bodies, bodies over
+`--max-request-bytes`) and counts every response by endpoint and status. Any exception that is not an
+`APIError` becomes a 500 in the right schema and is logged with its traceback: no input can take the server down.
+A 429 says when to retry (`Retry-After`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,17 +26,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kimi_k2.server import anthropic_api, openai_api, tokenize_api
 from kimi_k2.server.auth import check_api_key
 from kimi_k2.server.errors import APIError, error_body
+from kimi_k2.server.guard import POST_ROUTES, check_json_content_type, check_origin, read_body, replay
 from kimi_k2.server.metrics import CONTENT_TYPE
 from kimi_k2.server.queue import AdmissionQueue
-from kimi_k2.server.state import AsyncEngine, ClientDisconnected, ServerState
+from kimi_k2.server.state import DEFAULT_MAX_REQUEST_BYTES, PREP_PROCESSES, AsyncEngine, ClientDisconnected, ServerState
 
 log = logging.getLogger("kimi_k2")
 
-ROUTES = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens",
-          "/health", "/metrics", "/tokenize", "/detokenize", "/tokenizer_info"}
+ROUTES = {"/v1/models", *POST_ROUTES, "/health", "/metrics", "/tokenizer_info"}
+RETRY_AFTER_S = 1  # a full queue drains as requests finish: clients should come back soon, not hammer it
 
 
-class AuthAndMetricsMiddleware:
+class GuardAndMetricsMiddleware:
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app, self.state = app, state
 
@@ -51,8 +57,14 @@ class AuthAndMetricsMiddleware:
 
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            method = scope["method"]
             try:
-                check_api_key(path, headers, self.state.api_key)
+                check_origin(headers, self.state.allowed_origins)
+                if method != "OPTIONS":  # CORS preflights carry no credentials
+                    check_api_key(path, headers, self.state.api_key)
+                if method == "POST" and path in POST_ROUTES:
+                    check_json_content_type(headers)
+                    receive = replay(await read_body(receive, headers, self.state.max_request_bytes), receive)
             except APIError as exc:
                 await JSONResponse(error_body(exc, path), exc.status)(scope, receive, counting_send)
                 return
@@ -73,9 +85,11 @@ async def metrics(request: Request) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    headers = None
     if exc.status == 429:
         request.app.state.server.metrics.rejected.inc()
-    return JSONResponse(error_body(exc, request.url.path), exc.status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse(error_body(exc, request.url.path), exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -101,9 +115,19 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def server_state(
-    engine: AsyncEngine, model_name: str, *, api_key: str | None = None, max_queue: int = 64, reasoning: bool = True
+    engine: AsyncEngine,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 64,
+    reasoning: bool = True,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    allowed_origins: Iterable[str] = (),
+    prep_processes: int = PREP_PROCESSES,
 ) -> ServerState:
-    """State for an `AsyncLLM`: limits (context, batch size, vocabulary) come from its engine core."""
+    """State for an `AsyncLLM`: limits (context, batch size, vocabulary) and request checks come from its core."""
+    if max_request_bytes < 1:
+        raise ValueError(f"--max-request-bytes {max_request_bytes}: must be at least 1")
     core = engine.core  # type: ignore[attr-defined]
     tokenizer = engine.tokenizer  # type: ignore[attr-defined]
     if tokenizer is None:
@@ -117,11 +141,24 @@ def server_state(
         admission=AdmissionQueue(core.scheduler.max_num_seqs, max_queue),
         api_key=api_key,
         reasoning=reasoning,
+        max_request_bytes=max_request_bytes,
+        allowed_origins=frozenset(o.rstrip("/") for o in allowed_origins),
+        engine_has_tokenizer=core.tokenizer is not None,
+        sampling_defaults=dict(getattr(getattr(engine, "llm", None), "sampling_defaults", {})),
+        prep_processes=prep_processes,
     )
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="kimi-k2", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.preparer.warm()  # the preparation processes start while the server comes up
+        try:
+            yield
+        finally:
+            state.preparer.close()
+
+    app = FastAPI(title="kimi-k2", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = state
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
@@ -141,5 +178,8 @@ def create_app(state: ServerState) -> FastAPI:
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-    app.add_middleware(AuthAndMetricsMiddleware, state=state)
+    if state.allowed_origins:  # answers the preflights of allowed origins and marks their responses readable
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(state.allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(GuardAndMetricsMiddleware, state=state)  # added last: outermost, so it sees every request
     return app

@@ -140,25 +140,34 @@ class ChatPrompt:
     call_end_id: int | None = None
 
 
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "tokenize", "chat_template"})
+
+
 def build_prompt(
     tokenizer: Any,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None,
     choice: ToolChoice,
     continue_final: bool = False,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> ChatPrompt:
     """Map tool-call ids to K2 form, render the chat template, add the tool_choice prefill and stop ids.
 
     `continue_final`: the last message is a partial assistant turn to continue (rendered without its
-    end-of-turn marker and without a new generation prompt).
+    end-of-turn marker and without a new generation prompt). `template_kwargs`: extra template variables
+    (vLLM's `chat_template_kwargs`); the ones this function sets itself are refused.
     """
+    reserved = sorted(set(template_kwargs or ()) & RESERVED_TEMPLATE_VARIABLES)
+    if reserved:
+        raise bad_request(f"chat_template_kwargs: {', '.join(map(repr, reserved))} cannot be set here (the server "
+                          "sets it from the request)", "chat_template_kwargs")
     for message in messages:
         message.pop("_source", None)
     k2_messages, id_map = map_tool_call_ids(messages)
     rendered_tools = tools if tools and choice.mode != "none" else None
     try:
         prompt_ids = list(tokenizer.apply_chat_template(
-            k2_messages, tools=rendered_tools, add_generation_prompt=not continue_final
+            k2_messages, tools=rendered_tools, add_generation_prompt=not continue_final, **(template_kwargs or {})
         ))
     except Exception as exc:  # a template that raises (raise_exception) or chokes on odd input
         raise bad_request(f"the chat template could not render these messages: {exc}", "messages") from exc

@@ -20,6 +20,7 @@ _TYPES: dict[int, tuple[str, str]] = {
     404: ("not_found_error", "not_found_error"),
     405: ("invalid_request_error", "invalid_request_error"),
     413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "invalid_request_error"),
     429: ("rate_limit_error", "rate_limit_error"),
     500: ("server_error", "api_error"),
     503: ("server_error", "overloaded_error"),
@@ -35,6 +36,9 @@ class APIError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: raised in the preparation processes, answered here
+        return (APIError, (self.status, self.message, self.param, self.code))
 
     @property
     def openai_type(self) -> str:

@@ -2,8 +2,10 @@
 
 Three metric kinds are enough: counters (optionally labelled), histograms with fixed buckets (cumulative
 `_bucket{le=…}`, `_sum`, `_count`), and gauges read from a callback at scrape time (queue length and KV blocks
-come from the engine's live stats, so they can never drift from it). All updates happen on the server's event
-loop thread; a lock still guards them so a scrape from another thread sees consistent numbers.
+come from the engine's live stats, so they can never drift from it). Every series carries a constant
+`model_name` label (the served model name), as vLLM's do, so dashboards can tell several servers apart. All
+updates happen on the server's event loop thread; a lock still guards them so a scrape from another thread
+sees consistent numbers.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+Labels = tuple[tuple[str, str], ...]  # constant labels of a metric, e.g. (("model_name", "kimi-k2"),)
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "", const: Labels = ()) -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in (*const, *zip(names, values))]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -38,8 +43,8 @@ def _number(x: float) -> str:
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.labelnames = name, help_text, labelnames
+    def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...] = (), const: Labels = ()) -> None:
+        self.name, self.help, self.labelnames, self.const = name, help_text, labelnames, const
         self._values: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
@@ -60,14 +65,14 @@ class Counter:
         if not items and not self.labelnames:
             items = [((), 0.0)]
         for labels, value in items:
-            yield f"{self.name}{_labels(self.labelnames, labels)} {_number(value)}"
+            yield f"{self.name}{_labels(self.labelnames, labels, const=self.const)} {_number(value)}"
 
 
 class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...], const: Labels = ()) -> None:
         if list(buckets) != sorted(buckets):
             raise ValueError(f"histogram {name} buckets must be increasing, got {buckets}")
-        self.name, self.help, self.buckets = name, help_text, tuple(buckets)
+        self.name, self.help, self.buckets, self.const = name, help_text, tuple(buckets), const
         self._counts = [0] * (len(buckets) + 1)  # last: > largest bucket (+Inf)
         self._sum = 0.0
         self._lock = threading.Lock()
@@ -87,48 +92,57 @@ class Histogram:
         with self._lock:
             counts, total = list(self._counts), self._sum
         cumulative = 0
+        plain = _labels((), (), const=self.const)
         for bound, n in zip((*self.buckets, math.inf), counts):
             cumulative += n
-            yield f'{self.name}_bucket{{le="{_number(bound)}"}} {cumulative}'
-        yield f"{self.name}_sum {_number(total)}"
-        yield f"{self.name}_count {cumulative}"
+            le = f'le="{_number(bound)}"'
+            yield f"{self.name}_bucket{_labels((), (), le, self.const)} {cumulative}"
+        yield f"{self.name}_sum{plain} {_number(total)}"
+        yield f"{self.name}_count{plain} {cumulative}"
 
 
 class Gauge:
     """A value read at scrape time from `read()`."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.name, self.help, self.read = name, help_text, read
+    def __init__(self, name: str, help_text: str, read: Callable[[], float], const: Labels = ()) -> None:
+        self.name, self.help, self.read, self.const = name, help_text, read, const
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} gauge"
-        yield f"{self.name} {_number(self.read())}"
+        yield f"{self.name}{_labels((), (), const=self.const)} {_number(self.read())}"
 
 
 class ServerMetrics:
     """Every metric the server exports. Gauges read `stats()`: a dict with the engine's live numbers."""
 
-    def __init__(self, stats: Callable[[], dict[str, float]], prefix: str = "kimi_k2") -> None:
-        self.requests = Counter(f"{prefix}_requests_total", "HTTP API requests by endpoint and status code.", ("endpoint", "status"))
-        self.prompt_tokens = Counter(f"{prefix}_prompt_tokens_total", "Prompt tokens of finished requests.")
-        self.cached_prompt_tokens = Counter(f"{prefix}_cached_prompt_tokens_total", "Prompt tokens served by the prefix cache.")
-        self.generation_tokens = Counter(f"{prefix}_generation_tokens_total", "Generated tokens.")
-        self.finished = Counter(f"{prefix}_request_finish_total", "Finished generations by finish reason.", ("reason",))
-        self.rejected = Counter(f"{prefix}_requests_rejected_total", "Requests refused because the queue was full.")
-        self.ttft = Histogram(f"{prefix}_time_to_first_token_seconds", "Time from request arrival to the first generated token.", TTFT_BUCKETS)
-        self.itl = Histogram(f"{prefix}_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", ITL_BUCKETS)
-        self.e2e = Histogram(f"{prefix}_e2e_request_latency_seconds", "Time from request arrival to the last token.", E2E_BUCKETS)
+    def __init__(self, stats: Callable[[], dict[str, float]], prefix: str = "kimi_k2", model_name: str = "") -> None:
+        c: Labels = (("model_name", model_name),)
+        self.requests = Counter(f"{prefix}_requests_total", "HTTP API requests by endpoint and status code.", ("endpoint", "status"), c)
+        self.prompt_tokens = Counter(f"{prefix}_prompt_tokens_total", "Prompt tokens of finished requests.", const=c)
+        self.cached_prompt_tokens = Counter(f"{prefix}_cached_prompt_tokens_total", "Prompt tokens served by the prefix cache.", const=c)
+        self.generation_tokens = Counter(f"{prefix}_generation_tokens_total", "Generated tokens.", const=c)
+        self.finished = Counter(f"{prefix}_request_finish_total", "Finished generations by finish reason.", ("reason",), c)
+        self.rejected = Counter(f"{prefix}_requests_rejected_total", "Requests refused because the queue was full.", const=c)
+        self.ttft = Histogram(f"{prefix}_time_to_first_token_seconds", "Time from request arrival to the first generated token.", TTFT_BUCKETS, c)
+        self.itl = Histogram(f"{prefix}_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", ITL_BUCKETS, c)
+        self.e2e = Histogram(f"{prefix}_e2e_request_latency_seconds", "Time from request arrival to the last token.", E2E_BUCKETS, c)
 
         def stat(key: str) -> Callable[[], float]:
             return lambda: float(stats().get(key, 0))
 
+        def kv_usage() -> float:
+            numbers = stats()
+            total = numbers.get("kv_blocks_used", 0) + numbers.get("kv_blocks_free", 0)
+            return numbers.get("kv_blocks_used", 0) / total if total else 0.0
+
         self.gauges = [
-            Gauge(f"{prefix}_queue_length", "Requests waiting for the engine (admitted, not yet running).", stat("waiting")),
-            Gauge(f"{prefix}_requests_running", "Requests the engine is running.", stat("running")),
-            Gauge(f"{prefix}_requests_in_flight", "Requests admitted by the server and not finished.", stat("in_flight")),
-            Gauge(f"{prefix}_kv_blocks_used", "Paged KV cache blocks in use.", stat("kv_blocks_used")),
-            Gauge(f"{prefix}_kv_blocks_free", "Paged KV cache blocks free.", stat("kv_blocks_free")),
+            Gauge(f"{prefix}_queue_length", "Requests waiting for the engine (admitted, not yet running).", stat("waiting"), c),
+            Gauge(f"{prefix}_requests_running", "Requests the engine is running.", stat("running"), c),
+            Gauge(f"{prefix}_requests_in_flight", "Requests admitted by the server and not finished.", stat("in_flight"), c),
+            Gauge(f"{prefix}_kv_blocks_used", "Paged KV cache blocks in use.", stat("kv_blocks_used"), c),
+            Gauge(f"{prefix}_kv_blocks_free", "Paged KV cache blocks free.", stat("kv_blocks_free"), c),
+            Gauge(f"{prefix}_kv_cache_usage_ratio", "Fraction of the paged KV cache's blocks in use (0 to 1).", kv_usage, c),
         ]
 
     def observe_tokens(self, times: list[float], arrival: float) -> None:

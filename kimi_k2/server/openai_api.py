@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kimi_k2.engine.core import RequestOutput
-from kimi_k2.engine.sampler import TokenLogprob
+from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
     ChatPrompt,
@@ -39,6 +39,7 @@ from kimi_k2.server.chat import (
     validate_function,
 )
 from kimi_k2.server.errors import bad_request, openai_error_body
+from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import OPENAI_DONE, sse_data
 from kimi_k2.server.state import (
     EngineStreamingResponse,
@@ -51,6 +52,10 @@ from kimi_k2.server.state import (
     stream_with_errors,
 )
 from kimi_k2.tokenizer.events import ContentDelta, OutputEvent, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
+
+if TYPE_CHECKING:  # the preparation processes import this module: no torch at import time
+    from kimi_k2.engine.core import RequestOutput
+    from kimi_k2.engine.sampler import TokenLogprob
 
 
 # ----------------------------------------------------------------------------------------------------- requests
@@ -140,18 +145,25 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return stops
 
 
-def _sampling(req: s.SamplingFields, max_tokens: int | None, logprobs: int | None, stop_ids: list[int]) -> Any:
+def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
+              stop_ids: list[int]) -> SamplingParams:
+    """SamplingParams of a request; fields it leaves out take the checkpoint's defaults (generation_config.json)."""
+    if req.stop_token_ids:
+        checks.check_token_ids(req.stop_token_ids, "stop_token_ids")
     return make_params(
         temperature=req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
+        top_p=checks.sampling_default("top_p", req.top_p, 1.0),
+        top_k=int(checks.sampling_default("top_k", req.top_k, 0)),
+        min_p=checks.sampling_default("min_p", req.min_p, 0.0),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        repetition_penalty=checks.sampling_default("repetition_penalty", req.repetition_penalty, 1.0),
         max_tokens=max_tokens,
+        min_tokens=req.min_tokens or 0,
         stop=_stops(req.stop),
-        stop_token_ids=stop_ids,
+        stop_token_ids=[*stop_ids, *(req.stop_token_ids or [])],
+        ignore_eos=bool(req.ignore_eos),
+        skip_special_tokens=req.skip_special_tokens is not False,
         seed=req.seed,
         logprobs=logprobs,
     )
@@ -224,11 +236,21 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [entry]})
 
 
-async def chat_completions(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.ChatCompletionRequest, await request.body())
-    state.check_model(req.model)
+@dataclass(frozen=True)
+class PreparedChat:
+    """What a chat request needs to run, as the preparation process returns it."""
+
+    prompt: ChatPrompt
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
+    """Parse, validate, render and tokenize a chat request (in a preparation process)."""
+    req = s.parse_body(s.ChatCompletionRequest, body)
+    checks.check_model(req.model)
     _reject_unsupported(req)
     if req.response_format is not None and req.response_format.type != "text":
         raise bad_request(f"response_format type {req.response_format.type!r} is not supported (only 'text')", "response_format")
@@ -239,21 +261,29 @@ async def chat_completions(request: Request) -> Response:
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
     messages = openai_messages(req.messages)
     check_tool_results(messages)
-    prompt = build_prompt(state.tokenizer, messages, tools, choice)
+    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    state.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
+    checks.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _sampling(req, max_tokens, logprobs, prompt.stop_token_ids)
-    slot = state.admission.admit()
+    params = _sampling(checks, req, max_tokens, logprobs, prompt.stop_token_ids)
+    checks.check_engine_request(prompt.prompt_ids, params)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return PreparedChat(prompt, params, req.stream, include_usage, bool(req.logprobs))
+
+
+async def chat_completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    job = await state.prepare(prepare_chat, await request.body())
+    slot = state.admit()
     request_id = new_request_id("chatcmpl-")
-    outputs = generate(state, slot, request_id, prompt.prompt_ids, params, arrival)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = _chat_stream(state, request_id, prompt, outputs, include_usage, req.logprobs or False)
+    outputs = generate(state, slot, request_id, job.prompt.prompt_ids, job.params, arrival)
+    if job.stream:
+        chunks = _chat_stream(state, request_id, job.prompt, outputs, job.include_usage, job.logprobs)
         body = stream_with_errors(chunks, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
-    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, prompt, outputs), slot))
+    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, job.prompt, outputs), slot))
 
 
 async def _chat_full(
@@ -331,18 +361,21 @@ async def _chat_stream(
 
 
 # ----------------------------------------------------------------------------------------------------- completions
-def completion_prompt_ids(state: ServerState, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
+def completion_prompt_ids(checks: RequestChecks, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
     if isinstance(prompt, str):
-        return state.tokenizer.encode(prompt, allow_special=True)
+        ids = checks.tokenizer.encode(prompt, allow_special=True)
+        if not ids:
+            raise bad_request("prompt: must not be empty", "prompt")
+        return ids
     if not prompt:
         raise bad_request("prompt: must not be empty", "prompt")
     if isinstance(prompt[0], int):
         ids = list(prompt)  # type: ignore[arg-type]
     elif len(prompt) == 1:
-        return completion_prompt_ids(state, prompt[0])  # type: ignore[arg-type]
+        return completion_prompt_ids(checks, prompt[0])  # type: ignore[arg-type]
     else:
         raise bad_request(f"prompt: a batch of {len(prompt)} prompts is not supported; send one prompt per request", "prompt")
-    state.check_token_ids(ids, "prompt")
+    checks.check_token_ids(ids, "prompt")
     return ids
 
 
@@ -375,51 +408,75 @@ def echo_logprobs(tokenizer: Any, prompt_ids: list[int], scored: list[TokenLogpr
             "top_logprobs": [None, *rest["top_logprobs"]], "text_offset": [0, *rest["text_offset"]]}
 
 
-async def completions(request: Request) -> Response:
-    arrival = time.monotonic()
-    state: ServerState = request.app.state.server
-    req = s.parse_body(s.CompletionRequest, await request.body())
-    state.check_model(req.model)
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """What a completion request needs to run, as the preparation process returns it."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    echo: str  # the prompt's text when `echo`, else ""
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    echo_logprobs: int | None  # top-n of the prompt's own logprobs to return (echo with logprobs), else None
+    score_only: bool  # max_tokens 0: score the prompt, generate nothing
+
+
+def prepare_completion(checks: RequestChecks, body: bytes) -> PreparedCompletion:
+    """Parse, validate and tokenize a completion request (in a preparation process)."""
+    req = s.parse_body(s.CompletionRequest, body)
+    checks.check_model(req.model)
     _reject_unsupported(req)
     if req.suffix:
         raise bad_request("suffix is not supported by this server", "suffix")
     if req.best_of not in (None, 1):
         raise bad_request(f"best_of={req.best_of} is not supported (only 1)", "best_of")
-    prompt_ids = completion_prompt_ids(state, req.prompt)
+    prompt_ids = completion_prompt_ids(checks, req.prompt)
     # max_tokens=0 scores the prompt and generates nothing (log-likelihood requests: echo + logprobs)
     if req.max_tokens == 0 and not req.echo:
         raise bad_request("max_tokens=0 needs echo=true: it returns the prompt (and its logprobs) and generates nothing",
                           "max_tokens")
     max_tokens = None if req.max_tokens == 0 else req.max_tokens
-    state.check_lengths(len(prompt_ids), max_tokens, "max_tokens", "prompt")
-    params = _sampling(req, max_tokens, req.logprobs, [])
-    echo = state.tokenizer.decode(prompt_ids) if req.echo else ""
-    slot = state.admission.admit()
+    checks.check_lengths(len(prompt_ids), max_tokens, "max_tokens", "prompt")
+    params = _sampling(checks, req, max_tokens, req.logprobs, [])
+    checks.check_engine_request(prompt_ids, params)
+    echo = checks.tokenizer.decode(prompt_ids) if req.echo else ""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return PreparedCompletion(prompt_ids, params, echo, req.stream, include_usage, req.logprobs is not None,
+                              req.logprobs if req.echo else None, req.max_tokens == 0)
+
+
+async def completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state: ServerState = request.app.state.server
+    job = await state.prepare(prepare_completion, await request.body())
+    slot = state.admit()
     request_id = new_request_id("cmpl-")
     echoed = None
-    if req.echo and req.logprobs is not None:
+    if job.echo_logprobs is not None:
         try:
-            echoed = echo_logprobs(state.tokenizer, prompt_ids, await state.engine.prompt_logprobs(prompt_ids, req.logprobs))
+            scored = await state.engine.prompt_logprobs(job.prompt_ids, job.echo_logprobs)
         except ValueError as exc:  # the engine re-checks ids and length
             slot.release()
             raise bad_request(f"prompt: {exc}", "prompt") from None
         except BaseException:
             slot.release()
             raise
-    outputs = None if req.max_tokens == 0 else generate(state, slot, request_id, prompt_ids, params, arrival)
+        echoed = echo_logprobs(state.tokenizer, job.prompt_ids, scored)
+    outputs = None if job.score_only else generate(state, slot, request_id, job.prompt_ids, job.params, arrival)
     if outputs is None:
         slot.release()
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _completion_stream(state, request_id, outputs, len(prompt_ids), echo, echoed, include_usage,
-                                    req.logprobs is not None)
+    echo = job.echo
+    if job.stream:
+        events = _completion_stream(state, request_id, outputs, len(job.prompt_ids), echo, echoed, job.include_usage,
+                                    job.logprobs)
         body = stream_with_errors(events, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
 
     async def full() -> dict[str, Any]:
         text, logprobs, last = echo, [], None
         if outputs is None:
-            last = _prompt_only(request_id, len(prompt_ids))
+            last = _prompt_only(request_id, len(job.prompt_ids))
         else:
             try:
                 async for out, _ in outputs:
@@ -432,7 +489,7 @@ async def completions(request: Request) -> Response:
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo), echoed) if req.logprobs is not None else None,
+            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo), echoed) if job.logprobs else None,
             "finish_reason": last.finish_reason,
         }
         return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": state.model_name,

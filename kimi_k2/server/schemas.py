@@ -105,7 +105,8 @@ class ResponseFormat(Strict):
 
 
 class SamplingFields(Strict):
-    """Sampling parameters shared by chat and text completions (vLLM's extras `top_k`, `min_p`, ... too)."""
+    """Sampling parameters shared by chat and text completions, with the extras vLLM clients send (`top_k`,
+    `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `skip_special_tokens`)."""
 
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -121,6 +122,10 @@ class SamplingFields(Strict):
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -136,6 +141,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM: extra variables for the chat template
 
 
 class CompletionRequest(SamplingFields):

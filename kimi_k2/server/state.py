@@ -1,11 +1,15 @@
 """The server's shared state and the one path every generation takes through the engine.
 
 `ServerState` holds the engine, the tokenizer, the served model name and limits, the admission queue and the
-metrics. `generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
+metrics. `prepare()` runs a request's CPU work (JSON validation, template rendering, tokenization) in worker
+processes (`prep.py`), so no request body, however hostile, holds the event loop that serves `/health` and every
+open stream. `generate()` is the only place the HTTP layer talks to the engine: it yields the engine's deltas,
 records per-token arrival times for the latency histograms, and in its `finally` aborts the engine request if
 it did not finish — whatever ended the iteration (client disconnect, cancellation, an error while sending) —
 so its KV blocks are freed at once. `EngineStreamingResponse` makes sure that `finally` runs promptly when a
 streaming client goes away (Starlette cancels the sending task; we close the body generator under a shield).
+On shutdown, `cut_streams()` aborts every running request: each stream then ends with the documented in-band
+error event (a 503), instead of stopping mid-stream when the server's grace period runs out.
 """
 
 from __future__ import annotations
@@ -17,22 +21,27 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-from kimi_k2.engine.core import RequestOutput
-from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.engine.sampling_params import SamplingParams, SamplingParamsError
 from kimi_k2.server.errors import APIError, bad_request
 from kimi_k2.server.metrics import ServerMetrics
+from kimi_k2.server.prep import Prepare, Preparer, RequestChecks
 from kimi_k2.server.queue import AdmissionQueue, Slot
 from kimi_k2.server.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 
+if TYPE_CHECKING:  # the preparation processes import this module: no torch at import time
+    from kimi_k2.engine.core import RequestOutput
+
 log = logging.getLogger("kimi_k2")
 T = TypeVar("T")
+DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20  # a 256K-token conversation is at most a few MB of JSON
+PREP_PROCESSES = 2  # worker processes that parse, render and tokenize requests
 
 
 class AsyncEngine(Protocol):
@@ -57,11 +66,49 @@ class ServerState:
     admission: AdmissionQueue
     api_key: str | None = None
     reasoning: bool = True  # split <think>…</think> into reasoning_content / thinking blocks
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
+    allowed_origins: frozenset[str] = frozenset()  # browser Origins allowed to call the API ("*": any)
+    engine_has_tokenizer: bool = True
+    sampling_defaults: dict[str, float] = field(default_factory=dict)  # generation_config.json's, by field name
+    prep_processes: int = PREP_PROCESSES  # 0: prepare requests in a thread of this process
     created: int = field(default_factory=lambda: int(time.time()))
     metrics: ServerMetrics = field(init=False)
+    preparer: Preparer = field(init=False)
+    shutting_down: bool = field(default=False, init=False)
+    _running: set[str] = field(default_factory=set, init=False)  # request ids between engine add and finish
+    _preparing: int = field(default=0, init=False)  # requests being prepared or waiting for a worker
 
     def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.live_stats)
+        self.metrics = ServerMetrics(self.live_stats, model_name=self.model_name)
+        checks = RequestChecks(self.tokenizer, self.model_name, self.max_model_len, self.vocab_size,
+                               dict(self.sampling_defaults), self.engine_has_tokenizer)
+        self.preparer = Preparer(checks, self.prep_processes)
+
+    async def prepare(self, func: Prepare[T], body: bytes) -> T:
+        """`func(checks, body)` in a preparation worker; its APIError propagates as is.
+
+        At most `admission.capacity` requests may be in preparation or wait for it (each holds its body in
+        memory): the next one gets 429 at once, like a full queue."""
+        if self._preparing >= self.admission.capacity:
+            raise APIError(429, f"server is at capacity: {self._preparing} requests are being parsed and tokenized "
+                                "(the limit is the admission capacity); retry later", code="queue_full")
+        self._preparing += 1
+        try:
+            return await self.preparer.run(func, body)
+        finally:
+            self._preparing -= 1
+
+    def admit(self) -> Slot:
+        """An admission slot (429 when full); 503 once the server is shutting down."""
+        if self.shutting_down:
+            raise APIError(503, "the server is shutting down: it accepts no new requests")
+        return self.admission.admit()
+
+    def cut_streams(self) -> None:
+        """Shutdown: abort every running request; each one ends with a 503 error (in-band for streams)."""
+        self.shutting_down = True
+        for request_id in list(self._running):
+            self.engine.abort(request_id)
 
     def live_stats(self) -> dict[str, float]:
         stats = self.engine.stats()
@@ -73,38 +120,8 @@ class ServerState:
             "kv_blocks_free": stats.kv_blocks_free,
         }
 
-    # ------------------------------------------------------------------------------------------- checks
-    def check_model(self, model: str) -> None:
-        if model != self.model_name:
-            raise APIError(404, f"model {model!r} not found: this server serves {self.model_name!r}", "model", "model_not_found")
 
-    def check_lengths(
-        self, num_prompt_tokens: int, max_tokens: int | None, max_tokens_field: str, prompt_field: str = "messages"
-    ) -> None:
-        """The prompt must leave room for one token; `max_tokens` must fit in what is left."""
-        limit = self.max_model_len
-        if num_prompt_tokens >= limit:
-            raise bad_request(
-                f"the prompt is too long: it has {num_prompt_tokens} tokens, but this model's maximum context length is "
-                f"{limit} tokens (and at least one token must be left to generate)",
-                prompt_field,
-                "context_length_exceeded",
-            )
-        room = limit - num_prompt_tokens
-        if max_tokens is not None and max_tokens < 1:
-            raise bad_request(f"{max_tokens_field}={max_tokens}: must be at least 1", max_tokens_field)
-        if max_tokens is not None and max_tokens > room:
-            raise bad_request(
-                f"{max_tokens_field}={max_tokens} is too large: the prompt has {num_prompt_tokens} tokens and the maximum "
-                f"context length is {limit} tokens, so at most {room} tokens can be generated",
-                max_tokens_field,
-                "context_length_exceeded",
-            )
-
-    def check_token_ids(self, ids: list[int], where: str) -> None:
-        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise bad_request(f"{where}: token id {bad} is outside the vocabulary [0, {self.vocab_size})", where)
+SHUTDOWN_MESSAGE = "the server is shutting down: this request was stopped before it finished; retry on another server"
 
 
 def final_output(last: RequestOutput | None) -> RequestOutput:
@@ -112,7 +129,7 @@ def final_output(last: RequestOutput | None) -> RequestOutput:
     if last is None or not last.finished:
         raise APIError(500, "the engine stopped producing output before the request finished")
     if last.finish_reason == "abort":
-        raise APIError(503, "the request was aborted by the engine (is the server shutting down?)")
+        raise APIError(503, SHUTDOWN_MESSAGE)
     return last
 
 
@@ -120,6 +137,8 @@ def make_params(**kwargs: Any) -> SamplingParams:
     """SamplingParams from request fields; its own validation errors become 400s naming the field."""
     try:
         return SamplingParams(**kwargs)
+    except SamplingParamsError as exc:
+        raise bad_request(str(exc).removeprefix("SamplingParams."), exc.field) from None
     except ValueError as exc:
         raise bad_request(str(exc).removeprefix("SamplingParams.")) from None
 
@@ -144,6 +163,7 @@ async def generate(
     times: list[float] = []
     last: RequestOutput | None = None
     stream = state.engine.generate(request_id, prompt_ids, params)
+    state._running.add(request_id)
     try:
         while True:
             try:
@@ -159,6 +179,7 @@ async def generate(
             if out.finished:
                 break
     finally:
+        state._running.discard(request_id)
         with anyio.CancelScope(shield=True):
             await stream.aclose()  # type: ignore[attr-defined]
         slot.release()

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kimi_k2.server import schemas as s
+from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.state import ServerState
 
 
@@ -39,19 +40,28 @@ async def tokenizer_info(request: Request) -> Response:
     })  # fmt: skip
 
 
+def prepare_tokenize(checks: RequestChecks, body: bytes) -> list[int]:
+    """Parse and tokenize (in a preparation process, off the event loop, like every request's text work)."""
+    req = s.parse_body(TokenizeRequest, body)
+    if req.model is not None:
+        checks.check_model(req.model)
+    return checks.tokenizer.encode(req.prompt, allow_special=True)
+
+
+def prepare_detokenize(checks: RequestChecks, body: bytes) -> str:
+    req = s.parse_body(DetokenizeRequest, body)
+    if req.model is not None:
+        checks.check_model(req.model)
+    checks.check_token_ids(req.tokens, "tokens")
+    return checks.tokenizer.decode(req.tokens)
+
+
 async def tokenize(request: Request) -> Response:
     state: ServerState = request.app.state.server
-    req = s.parse_body(TokenizeRequest, await request.body())
-    if req.model is not None:
-        state.check_model(req.model)
-    ids = state.tokenizer.encode(req.prompt, allow_special=True)
+    ids = await state.prepare(prepare_tokenize, await request.body())
     return JSONResponse({"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids, "token_strs": None})
 
 
 async def detokenize(request: Request) -> Response:
     state: ServerState = request.app.state.server
-    req = s.parse_body(DetokenizeRequest, await request.body())
-    if req.model is not None:
-        state.check_model(req.model)
-    state.check_token_ids(req.tokens, "tokens")
-    return JSONResponse({"prompt": state.tokenizer.decode(req.tokens)})
+    return JSONResponse({"prompt": await state.prepare(prepare_detokenize, await request.body())})

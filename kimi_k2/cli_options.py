@@ -1,0 +1,120 @@
+"""Options that `generate`, `chat` and `serve` share: one name, one unit and one error message each.
+
+`--model` takes a checkpoint directory or a Hugging Face Hub id (`moonshotai/Kimi-K2-Instruct`), resolved
+through the local Hugging Face cache only (`kimi_k2/hub.py`): nothing is downloaded; an id that is not cached
+is an error that says how to download it. `--dtype auto` is float32 activations over weights kept as stored
+(the default `--weights auto`: bf16, FP8 and INT4 weights stay so), or the checkpoint's own dtype
+(`torch_dtype` in `config.json`; bf16 for the official bf16 and FP8 checkpoints) when `--weights` converts them. Sizes take units
+(`--kv-memory 2GiB`) and a bad value says what is expected, through argparse's own error path.
+
+No torch import here: `kimi-k2 --help` and every subcommand's `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kimi_k2.hub import resolve_checkpoint
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# kimi_k2.checkpoint.loader.WEIGHT_FORMATS, spelled here so `--help` imports no torch
+WEIGHT_CHOICES = ("auto", "dequantize", "fp8", "int4")
+
+
+def parse_bytes(text: str, option: str = "--kv-memory") -> int:
+    """`"2GiB"` -> 2147483648; plain numbers are bytes. ValueError names the option and the accepted units."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].lower() not in _UNITS:
+        raise ValueError(f"{option} {text!r}: expected a size like 512MiB, 2GiB, 4GB or a number of bytes")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def size_type(option: str) -> Callable[[str], int]:
+    """An argparse `type` for a size option: a bad value prints `argument OPTION: expected a size like …`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_bytes(text, option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option} ")) from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 byte")
+        return value
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --dtype, --weights, --int8-activations, --no-mmap, --kv-memory, --max-model-len, --threads,
+    --chat-template (generate, chat and serve)."""
+    parser.add_argument("--model", default=None, metavar="DIR_OR_HUB_ID",
+                        help="checkpoint directory, or a Hub id found in the local Hugging Face cache "
+                             "(default: the built-in nano K2 demo model)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="activations and KV cache dtype (auto: float32 while the weights stay as stored, the "
+                             "default; the checkpoint's own, bf16 for the official ones, when --weights converts them)")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                        help="auto (default): every weight as stored (FP8 / INT4 kept, bf16 bf16); dequantize: convert "
+                             "them to --dtype on load; fp8 / int4: quantize on load")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="INT4 weights against activations quantized to int8 per 32 values (faster, not exact)")
+    parser.add_argument("--no-mmap", action="store_true",
+                        help="read the weights into RAM instead of using them memory-mapped from the checkpoint files")
+    parser.add_argument("--kv-memory", type=size_type("--kv-memory"), default=None, metavar="SIZE",
+                        help="KV cache budget, e.g. 512MiB or 2GiB (default: what --max-num-seqs full-context sequences "
+                             "need, at most a fifth of free memory and 4 GiB)")
+    parser.add_argument("--max-model-len", type=positive_int, default=None, metavar="TOKENS",
+                        help="context limit in tokens (default: the model's max_position_embeddings)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--chat-template", default=None, metavar="FILE",
+                        help="a jinja chat template to use instead of the checkpoint's")
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A checkpoint directory for `--model`: the directory itself, a Hub id from the local HF cache, or the
+    built-in nano model when None. FileNotFoundError says what was looked for and where."""
+    if model is None:
+        from kimi_k2.assets import default_model_dir
+
+        return default_model_dir()
+    return resolve_checkpoint(model, "--model")
+
+
+def auto_dtype(config: Any, weights: str = "auto") -> str:
+    """The dtype `--dtype auto` means. With the weights kept as stored (`--weights auto`) they keep the checkpoint's
+    dtype and format whatever the activations' dtype, so the activations are float32: on the CPU, bf16 arithmetic
+    is slower and less exact, and float32 activations cost no weight memory. When `--weights` converts them, the
+    checkpoint's `torch_dtype` (float32, bfloat16 or float16); quantized checkpoints (FP8, INT4) bfloat16."""
+    if weights == "auto":
+        return "float32"
+    if getattr(config, "quantization_config", None):
+        return "bfloat16"
+    name = str(getattr(config, "torch_dtype", "") or "").removeprefix("torch.")
+    return name if name in DTYPES[1:] else "bfloat16"
+
+
+def read_chat_template(path: str | Path) -> str:
+    """The text of `--chat-template FILE`; a missing or empty file is an error naming it."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"--chat-template {path}: no such file")
+    text = file.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"--chat-template {path}: the file is empty")
+    return text
