@@ -7,15 +7,23 @@ loaded with `LLM(path)` (weights kept as stored). Rounds alternate the formats (
 shared machine hits them alike; the table gives the best and the median of the rounds.
 
 llama.cpp (`--gguf-dir DIR`): GGUF files named `F32.gguf`, `F16.gguf`, `Q8_0.gguf`, `Q4_0.gguf` converted from
-the same bf16 checkpoint (see shared BENCHMARKING.md for the converter); they are timed in the same rounds
-through llama-cpp-python with the same thread count.
+the same bf16 checkpoint by bench/make_gguf.py; they are timed in the same rounds through llama-cpp-python with
+the same thread count. Each GGUF is opened once (`llama_cpp.Llama`, with make_gguf's `llama_kwargs`: YaRN betas,
+F32 KV cache); a round times only its decode (the cache reset, the prompt, then the timed greedy tokens, the
+argmax taken with numpy on llama.cpp's logits buffer).
 
-Usage:  python bench/formats.py [--preset medium] [--threads 2] [--rounds 5] [--gguf-dir DIR] [--markdown out.md]
+`--checkpoint-dir DIR` reuses a bf16 checkpoint (make_gguf's `OUT/bf16`) instead of writing the random one into a
+temporary directory; `make_gguf.py --preset medium --seed 0` writes the same bytes as this script does, so either
+way both engines run the same weights (pass it anyway to save the minute of writing them).
+
+Usage:  python bench/formats.py [--preset medium] [--threads 2] [--rounds 5] [--gguf-dir DIR] [--checkpoint-dir DIR]
+                                [--markdown out.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -58,19 +66,32 @@ def read_probe(megabytes: int = 1024) -> float:
     return t.numel() * 4 / best
 
 
-def llama_decode(path: Path, prompt: list[int], new_tokens: int, threads: int) -> float:
-    """llama.cpp batch-1 decode tok/s after `prompt` (greedy over the raw logits, as shared BENCHMARKING.md says)."""
+def open_llama(path: Path, cfg, threads: int):
+    """A `llama_cpp.Llama` on one GGUF, set up as make_gguf's check validated it (same logits as ours)."""
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
-                yarn_beta_fast=1.0, yarn_beta_slow=1.0, type_k=0, type_v=0)
+    from make_gguf import llama_kwargs
+
+    return Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+                 **llama_kwargs(cfg))
+
+
+def llama_decode(llm, prompt: list[int], new_tokens: int) -> float:
+    """llama.cpp batch-1 decode tok/s after `prompt` (greedy over the raw logits, as shared BENCHMARKING.md says)."""
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+
+    def argmax() -> int:
+        return int(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)).argmax())
+
+    llm.reset()  # the next eval starts at position 0 and drops the previous round's cache entries
     llm.eval(prompt)
-    token = int(max(range(llm.n_vocab()), key=lambda i: llm._ctx.get_logits_ith(-1)[i]))
+    token = argmax()
     start = time.perf_counter()
     for _ in range(new_tokens):
         llm.eval([token])
-        logits = llm._ctx.get_logits_ith(-1)
-        token = int(max(range(llm.n_vocab()), key=lambda i: logits[i]))
+        token = argmax()
     return new_tokens / (time.perf_counter() - start)
 
 
@@ -82,6 +103,8 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--formats", default=",".join(f[0] for f in FORMATS), help="comma-separated labels to run")
     ap.add_argument("--gguf-dir", type=Path, help="llama.cpp GGUFs of the same weights (F32/F16/Q8_0/Q4_0.gguf)")
+    ap.add_argument("--checkpoint-dir", type=Path,
+                    help="the bf16 checkpoint to use (make_gguf.py's OUT/bf16) instead of writing the random one")
     ap.add_argument("--no-batch", action="store_true", help="skip prefill and 16-concurrent measurements")
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
@@ -100,14 +123,29 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="kimi_k2_formats_") as workdir:
         root = Path(workdir)
-        save_model(random_model(cfg, seed=0), root / "bf16", fmt="bf16")
+        if args.checkpoint_dir is not None:
+            bf16 = args.checkpoint_dir
+            stored = json.loads((bf16 / "config.json").read_text(encoding="utf-8"))
+            expected = cfg.replace(quantization_config=None, torch_dtype="bfloat16").to_hf()
+            if stored != expected:
+                print(f"warning: {bf16}/config.json differs from the {args.preset} preset's", file=sys.stderr)
+        else:
+            bf16 = root / "bf16"
+            save_model(random_model(cfg, seed=0), bf16, fmt="bf16")
         engines = {}
         for label, fmt, dtype in formats:
-            path = root / "bf16" if fmt == "bf16" else convert_checkpoint(root / "bf16", root / fmt, fmt)
+            path = bf16 if fmt == "bf16" else convert_checkpoint(bf16, root / fmt, fmt)
             llm = LLM(path, dtype=dtype, kv_cache_memory=512 * 2**20, enable_prefix_caching=False,
                       max_num_batched_tokens=1024)
             engines[label] = llm.engine
             run_ours(llm.engine, [prompt(16)], 4)  # warm-up (and the kernels' first build)
+        llamas = {}
+        if args.gguf_dir is not None:
+            for label, _, _ in formats:
+                gguf = args.gguf_dir / f"{GGUF[label]}.gguf"
+                if GGUF[label] not in llamas and gguf.is_file():
+                    llamas[GGUF[label]] = open_llama(gguf, cfg, args.threads)
+                    llama_decode(llamas[GGUF[label]], prompt(16), 4)  # warm-up (pages the weights in)
         decode_prompt, prefill_prompt = prompt(128), prompt(512)
         batch_prompts = [prompt(128) for _ in range(16)]
         probes: list[float] = []
@@ -120,10 +158,8 @@ def main() -> int:
                 if not args.no_batch:
                     row.setdefault("prefill", []).append(512 / run_ours(core, [prefill_prompt], 1).prefill_s)
                     row.setdefault("batch16", []).append(run_ours(core, batch_prompts, args.decode_tokens + 1).decode_tok_s)
-                if args.gguf_dir is not None:
-                    gguf = args.gguf_dir / f"{GGUF[label]}.gguf"
-                    if gguf.is_file():
-                        row.setdefault("llama", []).append(llama_decode(gguf, decode_prompt, args.decode_tokens, args.threads))
+                if GGUF[label] in llamas:
+                    row.setdefault("llama", []).append(llama_decode(llamas[GGUF[label]], decode_prompt, args.decode_tokens))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{label} {max(results[label]['decode']):.1f}" for label, _, _ in formats), file=sys.stderr, flush=True)
 
