@@ -500,6 +500,8 @@ async def completions(request: Request) -> Response:
 
 def _prompt_only(request_id: str, num_prompt_tokens: int) -> RequestOutput:
     """The outcome of a `max_tokens: 0` request: nothing generated, stopped by the length limit."""
+    from kimi_k2.engine.core import RequestOutput  # here, not at import: the preparation processes import no torch
+
     return RequestOutput(request_id, [], finished=True, finish_reason="length", num_prompt_tokens=num_prompt_tokens)
 
 
