@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("kimi_k2.engine.cli", "answer one prompt with a checkpoint, streaming the text"),
     "chat": ("kimi_k2.engine.cli", "interactive streaming chat with a checkpoint (shows tool calls)"),
     "serve": ("kimi_k2.server.cli", "serve a model over OpenAI- and Anthropic-compatible HTTP APIs"),
-    "eval": ("kimi_k2.eval.cli", "measure an OpenAI-compatible K2 endpoint: tool use, reproducibility, comparisons"),
+    "eval": ("kimi_k2.eval.cli", "evaluate an OpenAI-compatible K2 endpoint: tool use, reproducibility"),
     "train": ("kimi_k2.train.cli", "train a K2-architecture model (MuonClip, AdamW or Muon) on text files or token arrays"),
     "plot": ("kimi_k2.train.cli", "PNG charts (loss, max attention logit, expert imbalance) of training runs"),
 }
