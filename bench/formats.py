@@ -51,8 +51,11 @@ FORMATS = [
     ("bf16-all", "bf16", torch.bfloat16),
     ("FP8 kept", "fp8", torch.float32),
     ("INT4 kept", "int4", torch.float32),
+    ("INT4 kept, int8 activations", "int4", torch.float32),
 ]
-GGUF = {"fp32": "F32", "bf16": "F16", "bf16-all": "F16", "FP8 kept": "Q8_0", "INT4 kept": "Q4_0"}
+GGUF = {"fp32": "F32", "bf16": "F16", "bf16-all": "F16", "FP8 kept": "Q8_0", "INT4 kept": "Q4_0",
+        "INT4 kept, int8 activations": "Q4_0"}
+ENGINE_OPTIONS = {"INT4 kept, int8 activations": {"int8_activations": True}}  # LLM keywords beyond the format
 
 
 def read_probe(megabytes: int = 1024) -> float:
@@ -101,7 +104,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--decode-tokens", type=int, default=32)
-    ap.add_argument("--formats", default=",".join(f[0] for f in FORMATS), help="comma-separated labels to run")
+    ap.add_argument("--formats", default=";".join(f[0] for f in FORMATS), help="semicolon-separated labels to run")
     ap.add_argument("--gguf-dir", type=Path, help="llama.cpp GGUFs of the same weights (F32/F16/Q8_0/Q4_0.gguf)")
     ap.add_argument("--checkpoint-dir", type=Path,
                     help="the bf16 checkpoint to use (make_gguf.py's OUT/bf16) instead of writing the random one")
@@ -111,7 +114,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     cfg = preset(args.preset)
-    wanted = set(args.formats.split(","))
+    wanted = set(args.formats.split(";"))
     formats = [f for f in FORMATS if f[0] in wanted]
     gen = torch.Generator().manual_seed(0)
 
@@ -134,9 +137,11 @@ def main() -> int:
             save_model(random_model(cfg, seed=0), bf16, fmt="bf16")
         engines = {}
         for label, fmt, dtype in formats:
-            path = bf16 if fmt == "bf16" else convert_checkpoint(bf16, root / fmt, fmt)
+            path = bf16 if fmt == "bf16" else root / fmt
+            if not (path / "config.json").is_file():
+                convert_checkpoint(bf16, path, fmt)
             llm = LLM(path, dtype=dtype, kv_cache_memory=512 * 2**20, enable_prefix_caching=False,
-                      max_num_batched_tokens=1024)
+                      max_num_batched_tokens=1024, **ENGINE_OPTIONS.get(label, {}))
             engines[label] = llm.engine
             run_ours(llm.engine, [prompt(16)], 4)  # warm-up (and the kernels' first build)
         llamas = {}

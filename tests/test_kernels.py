@@ -247,3 +247,14 @@ def test_int8_activation_expert_kernel_stays_close_to_float_activations():
     bank.run_native(x, experts, weights, approx)
     assert not torch.equal(exact, approx)  # the mode is really on
     assert ((approx - exact).norm() / exact.norm()) < 0.02
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "int4"])
+def test_native_dequantized_tiles_equal_the_reference_bit_for_bit(fmt, monkeypatch):
+    """Prefill's tiles come from the kernels' decoders: the very values quant_linear's dequantizers give."""
+    w = make_weight(fmt, 300, 333)
+    native_tiles = [w.rows(start, min(300, start + 128), torch.float32) for start in (0, 128, 256)]
+    monkeypatch.setattr(weight_module, "native", lambda: None)
+    reference_tiles = [w.rows(start, min(300, start + 128), torch.float32) for start in (0, 128, 256)]
+    for a, b in zip(native_tiles, reference_tiles):
+        assert torch.equal(a, b)

@@ -33,10 +33,10 @@ from kimi_k2.model.quant_linear import FP8_BLOCK, FP8_DTYPE, INT4_GROUP
 NATIVE_CODES = {"fp32": 0, "bf16": 1, "fp8": 2, "int4": 3}
 # The most rows of x the C++ kernels take; above, tiles through torch. A kernel decodes the weight once per four
 # rows of x, so its cost grows with the rows while MKL's does not (bench/kernels.py measures the crossover).
-NATIVE_MAX_ROWS = {"fp32": 4, "bf16": 8, "fp8": 16, "int4": 16}
+NATIVE_MAX_ROWS = {"fp32": 4, "bf16": 32, "fp8": 32, "int4": 32}
 # The most tokens whose routed experts run in one kernel call (a batched decode step); prefill goes expert by
 # expert through tiles. fp32 experts have torch's grouped matmul over stacked copies from 3 tokens on.
-NATIVE_EXPERT_TOKENS = {"fp32": 2, "bf16": 32, "fp8": 32, "int4": 32}
+NATIVE_EXPERT_TOKENS = {"fp32": 32, "bf16": 32, "fp8": 32, "int4": 32}
 TILE_ROWS = 512  # rows per dequantized tile (a multiple of FP8's 128-row blocks)
 
 # When a dense product runs as (W @ xᵀ)ᵀ instead of x @ Wᵀ. MKL picks its kernel and its split over the threads by
@@ -109,7 +109,12 @@ class Weight:
         return self.rows(0, self.out_features, dtype)
 
     def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """Rows [start, stop) dense in `dtype`."""
+        """Rows [start, stop) dense in `dtype` (by the kernels' decoders where they are built: the same values)."""
+        kernels = native() if self.fmt in ("fp8", "int4", "bf16") and self.data.device.type == "cpu" else None
+        if kernels is not None:
+            out = torch.empty(stop - start, self.in_features, dtype=torch.float32)
+            kernels.dequantize(out, *self.native_args(), start)
+            return out if dtype == torch.float32 else out.to(dtype)
         fmt = self.fmt if self.fmt in ("fp8", "int4") else "dense"
         return dequantized_rows(fmt, self.data, self.scale, self.in_features, self.block, slice(start, stop), dtype)
 

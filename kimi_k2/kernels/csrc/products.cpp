@@ -478,6 +478,52 @@ void linear(const at::Tensor& x, const at::Tensor& out, int64_t fmt, int64_t dat
   });
 }
 
+// Rows [o0, o1) of W as float32 into out [o1 - o0, I] (prefill's tiles): the same decoders, each value times its
+// scale in one rounding (fp8) or exactly (int4, bf16), so the tile equals quant_linear's float32 dequantization.
+void dequantize_rows(const Weight& w, int64_t o0, int64_t o1, float* out) {
+  const int64_t cols = w.cols, stride = row_bytes(w);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = w.data + o * stride;
+    float* dst = out + (o - o0) * cols;
+    int64_t i = 0;
+#if K2_AVX2
+    if (w.fmt == FP8) {
+      const float* row_scales = reinterpret_cast<const float*>(w.scale) + (o / w.block_rows) * w.scale_ld;
+      for (; i + 16 <= cols; i += 16) {
+        if (i / w.block_cols != (i + 15) / w.block_cols) break;  // a block edge inside these 16 (odd blocks)
+        __m256 lo, hi;
+        decode16_fp8(row, i, lo, hi);
+        const __m256 s = _mm256_set1_ps(row_scales[i / w.block_cols] * 256.0f);
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(lo, s));
+        _mm256_storeu_ps(dst + i + 8, _mm256_mul_ps(hi, s));
+      }
+    } else if (w.fmt == INT4 && w.block_cols == 32) {
+      const uint16_t* row_scales = reinterpret_cast<const uint16_t*>(w.scale) + o * w.scale_ld;
+      for (; i + 32 <= cols; i += 32) {
+        __m256 v[4];
+        decode32_int4(row + i / 2, bf16_to_float(row_scales[i / 32]), v);
+        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(dst + i + 8 * k, v[k]);
+      }
+    } else if (w.fmt == BF16) {
+      for (; i + 8 <= cols; i += 8) _mm256_storeu_ps(dst + i, decode8<BF16>(row, i));
+    }
+#endif
+    for (; i < cols; ++i) dst[i] = scalar_value(w, row, i) * block_scale(w, o, i / w.block_cols);
+  }
+}
+
+void dequantize(const at::Tensor& out, int64_t fmt, int64_t data, int64_t scale, int64_t rows_, int64_t cols,
+                int64_t block_rows, int64_t block_cols, int64_t o0) {
+  const Weight w = make_weight(fmt, data, scale, rows_, cols, block_rows, block_cols);
+  check_rows(out, "out", cols);
+  TORCH_CHECK(out.is_contiguous() && o0 >= 0 && o0 + out.size(0) <= rows_, "kimi_k2 kernels: dequantize rows [", o0,
+              ", ", o0 + out.size(0), ") of a weight with ", rows_, " rows into a contiguous tensor");
+  float* op = out.data_ptr<float>();
+  at::parallel_for(o0, o0 + out.size(0), grain_for(out.size(0), row_bytes(w)), [&](int64_t a, int64_t b) {
+    dequantize_rows(w, a, b, op + (a - o0) * cols);
+  });
+}
+
 // The int8-activation quantizer alone, for tests: x [M, I] -> (q int8 [M, I/32*32] in the kernel's order, d [M, I/32]).
 std::vector<at::Tensor> quantize_activations(const at::Tensor& x) {
   check_rows(x, "x", x.size(1));
@@ -582,6 +628,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   init_fp8_table();
   m.def("linear", &linear, "out (+)= alpha * x . W^T for a weight stored as fp32/bf16/fp8/int4");
   m.def("experts", &experts, "routed experts of a few tokens: out += sum_k w_k down_e(silu(gate_e x) * up_e x)");
+  m.def("dequantize", &dequantize, "rows of a stored weight as float32 (prefill's tiles)");
   m.def("quantize_activations", &quantize_activations, "the int8-activation quantizer (tests)");
   m.def("has_avx2", &has_avx2, "whether the build has the AVX2/FMA/F16C kernels (else scalar)");
 }
