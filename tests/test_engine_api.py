@@ -21,14 +21,9 @@ from kimi_k2.planner.kv import kv_block_bytes, kv_pool_blocks
 from kimi_k2.tokenizer.tokenizer import Tokenizer
 from tests.hf_models import make_hf_model, save_hf_model
 from tests.test_engine_exact import tiny_model
+from tests.threads import one_thread  # noqa: F401  (autouse: one torch thread in this module)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.model.generate import greedy_decode
 from kimi_k2.model.transformer import random_model
+from tests.threads import one_thread  # noqa: F401  (autouse: one torch thread in this module)
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10)
 
@@ -39,13 +40,6 @@ def tiny_model(seed: int = 0):
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared machine OpenMP barriers can cost 10×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

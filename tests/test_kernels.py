@@ -22,18 +22,13 @@ from kimi_k2.kernels.weight import (
     Weight,
 )
 from kimi_k2.model.quant_linear import fp8_quantize, int4_quantize
+from tests.threads import one_thread  # noqa: F401  (autouse: one torch thread in this module)
 
 FORMATS = ("fp32", "bf16", "fp8", "int4")
 SHAPES = [(300, 200), (129, 77), (257, 1000), (40, 33)]
 ROWS = [1, 2, 3, 4, 5, 8, 13, 16, 17, 33, 64]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_weight(fmt: str, out_features: int, in_features: int, seed: int = 0) -> Weight:

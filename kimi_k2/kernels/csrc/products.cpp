@@ -582,30 +582,36 @@ void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor
     std::memcpy(xs.data() + i * hidden, xp + (order[i] / top_k) * x.stride(0), hidden * sizeof(float));
   const bool q8 = int8_activations && fmt == INT4;
   const Q8Buffer xq = q8 ? quantize_q8(xs.data(), hidden, pairs, hidden) : Q8Buffer{};
-  // Phase 1: gate and up rows of every used expert for all its tokens; the flat index runs over experts x rows.
-  at::parallel_for(0, n_groups * inter, grain_for(n_groups * inter, row_bytes(groups[0].gate)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1;) {
-      const Group& grp = groups[j / inter];
-      const int64_t o0 = j % inter, o1 = std::min(inter, o0 + (j1 - j)), n = grp.end - grp.begin;
-      const Q8Rows qv{xq.q.data() + grp.begin * xq.ldq, xq.d.data() + grp.begin * xq.ldd, xq.ldq, xq.ldd};
-      const Q8Rows* qp = q8 ? &qv : nullptr;
-      rows(grp.gate, xs.data() + grp.begin * hidden, hidden, n, g.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, qp);
-      rows(grp.up, xs.data() + grp.begin * hidden, hidden, n, u.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, qp);
-      j += o1 - o0;
-    }
+  // Runs body(group, o0, o1) over rows [o0, o1) of every used expert's `width`-row projection, split over threads;
+  // the flat index runs over experts x rows.
+  auto for_expert_rows = [&](int64_t width, int64_t bytes_per_row, auto body) {
+    at::parallel_for(0, n_groups * width, grain_for(n_groups * width, bytes_per_row), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1;) {
+        const int64_t o0 = j % width, o1 = std::min(width, o0 + (j1 - j));
+        body(groups[j / width], o0, o1);
+        j += o1 - o0;
+      }
+    });
+  };
+  auto q8_rows = [&](const Q8Buffer& b, const Group& grp) {  // a group's rows of quantized activations
+    return b.q.empty() ? Q8Rows{nullptr, nullptr, 0, 0}
+                       : Q8Rows{b.q.data() + grp.begin * b.ldq, b.d.data() + grp.begin * b.ldd, b.ldq, b.ldd};
+  };
+  // Phase 1: gate and up rows of every used expert for all its tokens.
+  for_expert_rows(inter, row_bytes(groups[0].gate), [&](const Group& grp, int64_t o0, int64_t o1) {
+    const int64_t n = grp.end - grp.begin;
+    const Q8Rows qv = q8_rows(xq, grp);
+    const float* in = xs.data() + grp.begin * hidden;
+    rows(grp.gate, in, hidden, n, g.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, q8 ? &qv : nullptr);
+    rows(grp.up, in, hidden, n, u.data() + grp.begin * inter, inter, o0, o1, 1.0f, false, q8 ? &qv : nullptr);
   });
   for (int64_t j = 0; j < pairs * inter; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];  // silu(gate) * up
   const Q8Buffer hq = q8 ? quantize_q8(g.data(), inter, pairs, inter) : Q8Buffer{};
   // Phase 2: down rows of every used expert.
-  at::parallel_for(0, n_groups * hidden, grain_for(n_groups * hidden, row_bytes(groups[0].down)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1;) {
-      const Group& grp = groups[j / hidden];
-      const int64_t o0 = j % hidden, o1 = std::min(hidden, o0 + (j1 - j)), n = grp.end - grp.begin;
-      const Q8Rows qv{hq.q.data() + grp.begin * hq.ldq, hq.d.data() + grp.begin * hq.ldd, hq.ldq, hq.ldd};
-      rows(grp.down, g.data() + grp.begin * inter, inter, n, y.data() + grp.begin * hidden, hidden, o0, o1, 1.0f, false,
-           q8 ? &qv : nullptr);
-      j += o1 - o0;
-    }
+  for_expert_rows(hidden, row_bytes(groups[0].down), [&](const Group& grp, int64_t o0, int64_t o1) {
+    const Q8Rows qv = q8_rows(hq, grp);
+    rows(grp.down, g.data() + grp.begin * inter, inter, grp.end - grp.begin, y.data() + grp.begin * hidden, hidden, o0,
+         o1, 1.0f, false, q8 ? &qv : nullptr);
   });
   // Phase 3: each pair's output, times its routing weight, into its token's row.
   const float* rw = weights.data_ptr<float>();
