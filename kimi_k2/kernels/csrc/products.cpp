@@ -203,6 +203,16 @@ inline void store_rows(int mb, const __m256* acc, const float* tail, float* out,
   }
 }
 
+// total[m] = the sum of row m's U accumulator chains; tail[m] = 0 (for the scalar inputs that follow).
+template <int MB, int U>
+inline void sum_chains(const __m256 (&acc)[MB][U], __m256* total, float* tail) {
+  for (int m = 0; m < MB; ++m) {
+    total[m] = acc[m][0];
+    for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
+    tail[m] = 0.0f;
+  }
+}
+
 // Rows [o0, o1) of an fp32 / bf16 W against MB rows of x; U independent FMA chains per row of x.
 template <int64_t FMT, int MB>
 void rows_dense(const Weight& w, const float* x, int64_t ldx, float* out, int64_t ldo, int64_t o0, int64_t o1,
@@ -227,11 +237,7 @@ void rows_dense(const Weight& w, const float* x, int64_t ldx, float* out, int64_
     }
     __m256 total[MB];
     float tail[MB];
-    for (int m = 0; m < MB; ++m) {
-      total[m] = acc[m][0];
-      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
-      tail[m] = 0.0f;
-    }
+    sum_chains<MB, U>(acc, total, tail);
     for (; i < cols; ++i) {
       const float v = scalar_value(w, row, i);
       for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
@@ -312,11 +318,7 @@ void rows_int4(const Weight& w, const float* x, int64_t ldx, float* out, int64_t
     }
     __m256 total[MB];
     float tail[MB];
-    for (int m = 0; m < MB; ++m) {
-      total[m] = acc[m][0];
-      for (int u = 1; u < U; ++u) total[m] = _mm256_add_ps(total[m], acc[m][u]);
-      tail[m] = 0.0f;
-    }
+    sum_chains<MB, U>(acc, total, tail);
     for (int64_t i = full; i < cols; ++i) {  // a last partial group (or groups other than 32)
       const float v = scalar_value(w, row, i) * bf16_to_float(row_scales[i / group]);
       for (int m = 0; m < MB; ++m) tail[m] += v * x[m * ldx + i];
