@@ -152,6 +152,8 @@ class Preparer:
                 pool.submit(_ready)
 
     def close(self) -> None:
+        """Stop the workers and wait for them (a request still being prepared takes well under a second), so
+        nothing outlives the server: unjoined workers left semaphores for the resource tracker to warn about."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
