@@ -253,3 +253,16 @@ def test_native_dequantized_tiles_equal_the_reference_bit_for_bit(fmt, monkeypat
     reference_tiles = [w.rows(start, min(300, start + 128), torch.float32) for start in (0, 128, 256)]
     for a, b in zip(native_tiles, reference_tiles):
         assert torch.equal(a, b)
+
+
+def test_native_rms_norm_equals_the_formula():
+    from kimi_k2.kernels.weight import rms_norm_rows
+    from kimi_k2.model.norm import RMSNorm, rms_norm_reference
+
+    norm = RMSNorm(1000, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(1000))
+    wide = torch.randn(5, 1100) * 3
+    x = wide[:, 50:1050]  # a column slice: rows with a stride, as the runner passes them
+    got = rms_norm_rows(norm, x)
+    assert torch.allclose(got, rms_norm_reference(x, norm.weight, 1e-6), rtol=1e-5, atol=1e-6)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
-from kimi_k2.kernels.weight import ConcatWeight, ExpertBank, Weight, concat, weight_of
+from kimi_k2.kernels.weight import ConcatWeight, ExpertBank, Weight, concat, rms_norm_rows, weight_of
 from kimi_k2.model.attention import MASKED, MLA
 from kimi_k2.model.linear import Linear
 from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm, swiglu_rows
@@ -374,9 +374,9 @@ class ModelRunner:
         h = model.model.embed_tokens(meta.input_ids).to(self.dtype)  # (N, D), the runner's own: updated in place
         cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
-            attended = self._attention(layer_idx, layer.self_attn, weights.attention, layer.input_layernorm(h), cis, meta)
+            attended = self._attention(layer_idx, layer.self_attn, weights.attention, rms_norm_rows(layer.input_layernorm, h), cis, meta)
             weights.attention.o.mm(attended, out=h)  # h += o_proj(attended)  (N, D)
-            x = layer.post_attention_layernorm(h)
+            x = rms_norm_rows(layer.post_attention_layernorm, h)
             mlp = weights.mlp
             if isinstance(mlp, MoEWeights):
                 self._moe(layer.mlp, mlp, x, out=h)
@@ -384,7 +384,7 @@ class ModelRunner:
                 mlp.down.mm(_swiglu_hidden(x, mlp), out=h)  # h += down(silu(gate) * up)
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
-        last = model.model.norm(h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
+        last = rms_norm_rows(model.model.norm, h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
         assert self.lm_head is not None
         return self.lm_head.mm(last).float()  # (n, V)
 
@@ -397,10 +397,10 @@ class ModelRunner:
         a = w.inputs.mm(x)  # (N, q_split + W)
         q = a[:, : w.q_split]
         if w.q_b is not None:
-            q = w.q_b.mm(attn.q_a_layernorm(q))
+            q = w.q_b.mm(rms_norm_rows(attn.q_a_layernorm, q))
         q = q.view(n_tok, heads, -1)  # (N, H, Q+R)
         q_nope, q_pe = q[..., :q_dim], apply_rope_complex(q[..., q_dim:], cis.unsqueeze(1))  # (N,H,Q), (N,H,R)
-        c_kv = attn.kv_a_layernorm(a[:, w.q_split : w.q_split + c_dim])
+        c_kv = rms_norm_rows(attn.kv_a_layernorm, a[:, w.q_split : w.q_split + c_dim])
         k_pe = apply_rope_complex(a[:, w.q_split + c_dim :], cis)
         kv = self.pool.kv[layer_idx]  # (slots, W)
         kv.index_copy_(0, meta.write_slots, torch.cat([c_kv, k_pe], dim=-1).to(kv.dtype))

@@ -526,6 +526,35 @@ void dequantize(const at::Tensor& out, int64_t fmt, int64_t data, int64_t scale,
   });
 }
 
+// RMSNorm of a few float32 rows, single-threaded (a decode step's norms are one row each, where torch's
+// F.rms_norm costs ~50 us of dispatch): out = x * (1 / sqrt(mean(x^2) + eps)) * weight, float32 throughout.
+void rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& out) {
+  const int64_t width = x.size(1);
+  check_rows(x, "x", width);
+  check_rows(out, "out", width);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == width,
+              "kimi_k2 kernels: the norm weight must be a contiguous float32 vector of ", width);
+  const float* w = weight.data_ptr<float>();
+  for (int64_t r = 0; r < x.size(0); ++r) {
+    const float* xr = x.data_ptr<float>() + r * x.stride(0);
+    float* o = out.data_ptr<float>() + r * out.stride(0);
+    int64_t i = 0;
+    float sum = 0.0f;
+#if K2_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; i + 16 <= width; i += 16) {
+      const __m256 a = _mm256_loadu_ps(xr + i), b = _mm256_loadu_ps(xr + i + 8);
+      acc0 = _mm256_fmadd_ps(a, a, acc0);
+      acc1 = _mm256_fmadd_ps(b, b, acc1);
+    }
+    sum = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; i < width; ++i) sum += xr[i] * xr[i];
+    const float scale = 1.0f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
+    for (int64_t j = 0; j < width; ++j) o[j] = xr[j] * scale * w[j];
+  }
+}
+
 // The int8-activation quantizer alone, for tests: x [M, I] -> (q int8 [M, I/32*32] in the kernel's order, d [M, I/32]).
 std::vector<at::Tensor> quantize_activations(const at::Tensor& x) {
   check_rows(x, "x", x.size(1));
@@ -636,6 +665,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   init_fp8_table();
   m.def("linear", &linear, "out (+)= alpha * x . W^T for a weight stored as fp32/bf16/fp8/int4");
   m.def("experts", &experts, "routed experts of a few tokens: out += sum_k w_k down_e(silu(gate_e x) * up_e x)");
+  m.def("rms_norm", &rms_norm, "RMSNorm of a few float32 rows (decode)");
   m.def("dequantize", &dequantize, "rows of a stored weight as float32 (prefill's tiles)");
   m.def("quantize_activations", &quantize_activations, "the int8-activation quantizer (tests)");
   m.def("has_avx2", &has_avx2, "whether the build has the AVX2/FMA/F16C kernels (else scalar)");
