@@ -143,7 +143,7 @@ class Weight:
             stop = min(self.out_features, start + TILE_ROWS)
             tile = self.rows(start, stop, x.dtype).t()  # (I, n)
             if out is None:
-                torch.mm(x, tile, out=result[:, start:stop]) if result.is_contiguous() else result[:, start:stop].copy_(x @ tile)
+                torch.mm(x, tile, out=result[:, start:stop])
             else:
                 result[:, start:stop].addmm_(x, tile, alpha=alpha)
         return result
