@@ -27,13 +27,9 @@ def _tensors(obj, seen: set[int]):
     """Every tensor reachable from the runner's prepared weights (dataclasses, lists, Weight objects)."""
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, Weight):
-        yield obj.data
-        if obj.scale is not None:
-            yield obj.scale
-    elif isinstance(obj, ConcatWeight):
+    elif isinstance(obj, (Weight, ConcatWeight)):
         for part in obj.parts:
-            yield from _tensors(part, seen)
+            yield from (t for t in (part.data, part.scale) if t is not None)
     elif isinstance(obj, ExpertBank):
         for w in (*obj.gate, *obj.up, *obj.down):
             yield from _tensors(w, seen)

@@ -330,14 +330,13 @@ class ModelRunner:
     def _use_int8_activations(self) -> None:
         """INT4 weights take int8 activations (quantized per 32 inputs, integer dot products: docs/engine.md)."""
         for layer in self.layers:
-            for w in (layer.attention.inputs, layer.attention.q_b, layer.attention.o):
-                for part in (w.parts if isinstance(w, ConcatWeight) else [w]) if w is not None else []:
-                    part.int8_activations = part.fmt == "int4"
-            mlps = [layer.mlp] if isinstance(layer.mlp, MLPWeights) else [layer.mlp.shared] if layer.mlp.shared else []
-            for mlp in mlps:
-                for w in (mlp.gate_up, mlp.down):
-                    for part in w.parts if isinstance(w, ConcatWeight) else [w]:
-                        part.int8_activations = part.fmt == "int4"
+            attention = layer.attention
+            weights = [attention.inputs, attention.o, *([attention.q_b] if attention.q_b is not None else [])]
+            mlp = layer.mlp if isinstance(layer.mlp, MLPWeights) else layer.mlp.shared
+            if mlp is not None:
+                weights += [mlp.gate_up, mlp.down]
+            for part in (p for w in weights for p in w.parts):
+                part.int8_activations = part.fmt == "int4"
             if isinstance(layer.mlp, MoEWeights):
                 layer.mlp.bank.set_int8_activations(True)
 

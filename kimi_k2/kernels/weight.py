@@ -99,10 +99,18 @@ class Weight:
     def native_rows(self) -> int:
         return NATIVE_MAX_ROWS.get(self.fmt, 0)
 
+    @property
+    def parts(self) -> list[Weight]:
+        """The stored weights this product runs over: itself (a `ConcatWeight` has several)."""
+        return [self]
+
+    def addresses(self) -> tuple[int, int]:
+        """(data address, scale address or 0): where the kernels find the stored tensors."""
+        return self.data.data_ptr(), 0 if self.scale is None else self.scale.data_ptr()
+
     def native_args(self) -> tuple[int, int, int, int, int, int, int]:
         """(format code, data address, scale address, O, I, block rows, block inputs) for the C++ kernels."""
-        scale = 0 if self.scale is None else self.scale.data_ptr()
-        return (NATIVE_CODES[self.fmt], self.data.data_ptr(), scale, self.out_features, self.in_features, *self.block)
+        return (NATIVE_CODES[self.fmt], *self.addresses(), self.out_features, self.in_features, *self.block)
 
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as a dense [O, I] tensor in `dtype` (q · scale in float32, rounded once)."""
@@ -209,12 +217,7 @@ class ExpertBank:
         if len(formats) != 1:
             raise ValueError(f"an expert bank needs one format for all its experts, found {sorted(formats)}")
         self.fmt = formats.pop()
-        rows = []
-        for weights in zip(self.gate, self.up, self.down):
-            row: list[int] = []
-            for w in weights:
-                row += [w.data.data_ptr(), 0 if w.scale is None else w.scale.data_ptr()]
-            rows.append(row)
+        rows = [[a for w in weights for a in w.addresses()] for weights in zip(self.gate, self.up, self.down)]
         self.table = torch.tensor(rows, dtype=torch.int64)
 
     @property
