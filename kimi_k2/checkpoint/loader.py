@@ -88,8 +88,8 @@ def load_model(
     Float weights are converted to `dtype` (the compute dtype of quantized layers too); the router's
     `e_score_correction_bias` stays float32. With `mmap=True`, every tensor used as stored (FP8 / INT4 kept,
     float tensors already in `dtype`) is a view into the memory-mapped shard instead of a copy in RAM: loading
-    reads no weight bytes, the OS page cache holds the weights a run touches, and a model larger than RAM runs. Raises CheckpointError (a ValueError) listing every problem found
-    in the files before any weight is read.
+    reads no weight bytes, the OS page cache holds the weights a run touches, and a model larger than RAM runs.
+    Raises CheckpointError (a ValueError) listing every problem found in the files before any weight is read.
     """
     root = Path(path)
     cfg = ModelConfig.from_pretrained(root)
