@@ -15,12 +15,17 @@ memory is the finished model plus one parameter in flight (plus its dequantizati
                the embedding too (its rows are widened); norms and the router in `dtype`
 Tensors the model does not use (`rotary_emb.inv_freq`, DeepSeek-V3's MTP layer) are skipped with a one-line
 notice on the `kimi_k2` logger.
+
+With a `ParallelConfig` of N ranks (`parallel=`), the model gets this rank's shapes (`kimi_k2.parallel.shard`)
+and each parameter is cut to this rank's shard as it is read (`shards.cut`): a rank reads and holds its share,
+another rank's routed experts are never read, and FP8 / INT4 stay as stored where the cut is block-aligned.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,11 +33,15 @@ from torch import nn
 from tqdm import tqdm
 
 from kimi_k2.checkpoint.scheme import DEFAULT_SCHEMES, NO_QUANT, QuantScheme
+from kimi_k2.checkpoint.shards import aligned, cut
 from kimi_k2.checkpoint.sources import CheckpointReader, materialize
 from kimi_k2.checkpoint.validate import ParamSpec, check_checkpoint, ignored_reason, model_inventory
 from kimi_k2.config import ModelConfig
 from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.transformer import KimiK2ForCausalLM, build_model
+from kimi_k2.parallel.config import SINGLE, ParallelConfig
+from kimi_k2.parallel.layout import shard_of
+from kimi_k2.parallel.shard import shard_model
 
 __all__ = ["WEIGHT_FORMATS", "ignored_reason", "load_model", "quantize_linears", "target_scheme"]
 
@@ -82,6 +91,7 @@ def load_model(
     experts: str = "grouped",
     weights: str = "dequantize",
     mmap: bool = False,
+    parallel: ParallelConfig = SINGLE,
 ) -> KimiK2ForCausalLM:
     """Load `config.json` and the safetensors weights of a checkpoint directory.
 
@@ -89,6 +99,7 @@ def load_model(
     `e_score_correction_bias` stays float32. With `mmap=True`, every tensor used as stored (FP8 / INT4 kept,
     float tensors already in `dtype`) is a view into the memory-mapped shard instead of a copy in RAM: loading
     reads no weight bytes, the OS page cache holds the weights a run touches, and a model larger than RAM runs.
+    `parallel`: load only this rank's shard of every tensor (see the module docstring).
     Raises CheckpointError (a ValueError) listing every problem found in the files before any weight is read.
     """
     root = Path(path)
@@ -98,7 +109,14 @@ def load_model(
         log.info("%s: ignoring %d tensors: %s", root, count, reason)
     assert report.scheme is not None
     target = target_scheme(weights, report.scheme)
-    model = build_model(cfg, device="meta", dtype=dtype, attention=attention, experts=experts)
+    params = model_inventory(cfg)
+    shards = {p.name: shard_of(p.name, cfg, parallel) for p in params}
+    # A quantized weight whose shard does not fall on the format's block boundaries is loaded dequantized.
+    misaligned = [p.linear for p in params if p.linear and target.quantizes(p.linear) and not aligned(p, shards[p.name], target)]
+    if misaligned:
+        log.info("%s: %d sharded weights do not start on a %s block: loaded dequantized", root, len(misaligned), target.method)
+        target = replace(target, ignore=(*target.ignore, *misaligned))
+    model = shard_model(build_model(cfg, device="meta", dtype=dtype, attention=attention, experts=experts), parallel)
     quantize_linears(model, target, dtype)
 
     def dense_dtype(p: ParamSpec, reader: CheckpointReader) -> torch.dtype:
@@ -112,8 +130,9 @@ def load_model(
         return dtype
 
     state: dict[str, torch.Tensor] = {}
-    with CheckpointReader(report, mmap=mmap) as reader:
-        params = model_inventory(cfg)
+    params = [p for p in params if shards[p.name] is not None]  # another rank's routed experts are not read
+    # A rank cuts its shard out of a mapped tensor: only the shard's pages are read.
+    with CheckpointReader(report, mmap=mmap or parallel.is_parallel) as reader:
         # Read in file order (shard, then offset) so the disk sees sequential reads and the bar moves by shard.
         shard_order = {shard: i for i, shard in enumerate(report.shards)}
 
@@ -131,7 +150,13 @@ def load_model(
                 names = reader.source_names(p)
                 shard = report.weight_map[names[0]]
                 bar.set_postfix_str(f"shard {shard_order[shard] + 1}/{len(shard_order)} {shard.name}", refresh=False)
-                for name, tensor in materialize(p, reader, target, dense_dtype(p, reader)).items():
+                tensors = materialize(p, reader, target, dense_dtype(p, reader))
+                part = shards[p.name]
+                assert part is not None
+                pieces = cut(tensors, p, part, target, keep_views=mmap)
+                if part.dim is None and reader.mmap and not mmap:  # mapped only to cut shards: read whole ones in
+                    pieces = {name: t.clone() for name, t in pieces.items()}
+                for name, tensor in pieces.items():
                     state[name] = tensor.to(device)
                 bar.update(sum(reader.info(n).nbytes for n in names))
     model.load_state_dict(state, assign=True, strict=True)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from kimi_k2.engine.block_manager import BlockManager
+from kimi_k2.engine.lockstep import LockstepRunner, PoolSettings
 from kimi_k2.engine.model_runner import ModelRunner, StepChunk
 from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampler import SampleRequest, TokenLogprob, sample
@@ -140,9 +141,12 @@ class EngineCore:
             self.max_model_len = capacity
         self.block_manager = BlockManager(self.pool.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(
+        self.runner: ModelRunner | LockstepRunner = ModelRunner(
             model, self.pool, mode=runner, prefill_attention=prefill_attention, int8_activations=int8_activations
         )
+        if self.runner.comm is not None:  # a sharded model: the other ranks run every step with this one
+            settings = PoolSettings(self.pool.num_blocks, block_size, dtype, prefill_attention, int8_activations)
+            self.runner = LockstepRunner(self.runner, settings)
         self.default_temperature = default_temperature
         self.default_stop_token_ids = frozenset(default_stop_token_ids)
         self._rng = torch.Generator().manual_seed(seed)
@@ -189,6 +193,11 @@ class EngineCore:
             return None
         self.scheduler.abort(request_id)
         return self._delta(request, finished=True)
+
+    def close(self) -> None:
+        """Release the other ranks of a sharded model (they leave their step loop); nothing for a whole model."""
+        if isinstance(self.runner, LockstepRunner):
+            self.runner.stop()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -300,6 +309,9 @@ class EngineCore:
         One full forward of the model's reference path, outside the KV pool (no blocks taken, no prefix-cache
         entries made); the LM head runs `rows_per_chunk` positions at a time so the [n, V] logits never exist at
         once. Called between steps (AsyncLLM runs it on the engine thread)."""
+        if isinstance(self.runner, LockstepRunner):
+            raise ValueError("prompt logprobs (echo with logprobs) run the model's single-process forward: not "
+                             "available on a model sharded over several ranks")
         ids = [int(t) for t in prompt_token_ids]
         vocab = self.cfg.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]

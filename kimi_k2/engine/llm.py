@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as Seq
@@ -21,10 +22,14 @@ from typing import Any
 import torch
 
 from kimi_k2.engine.core import EngineCore, EngineStats, RequestOutput
+from kimi_k2.engine.lockstep import LoadOptions, Ranks, load_rank0, start_ranks
 from kimi_k2.engine.sampling_params import K2_DEFAULT_TEMPERATURE, SamplingParams
 from kimi_k2.hub import resolve_checkpoint
 from kimi_k2.jsonfile import read_json_object
 from kimi_k2.model.transformer import KimiK2ForCausalLM
+from kimi_k2.parallel.collectives import RankFailure
+from kimi_k2.parallel.config import ParallelConfig
+from kimi_k2.parallel.launch import DEFAULT_TIMEOUT_S
 
 log = logging.getLogger("kimi_k2")
 
@@ -79,6 +84,15 @@ class LLM:
     from, or None (then the checkpoint directory's tokenizer, if any). The KV pool gets
     `kv_cache_memory` bytes (default: a fifth of available memory, at most 4 GiB) or exactly `num_kv_blocks`.
     The other keywords are `EngineCore`'s.
+
+    `tensor_parallel_size=N` shards the checkpoint over N ranks (`kimi_k2.parallel`): attention heads, dense MLPs,
+    the vocabulary and (without `enable_expert_parallel`) every routed expert are split N ways; with
+    `enable_expert_parallel=True` each rank holds E/N whole routed experts, combined by one all-reduce per MoE
+    layer (`moe_combine="allreduce"`) or dispatched by all-to-all (`"alltoall"`). This process is rank 0 and
+    starts ranks 1..N-1 on this host, or, under torchrun, joins the ranks it started (docs/parallel.md).
+    `device`: "cpu" or "cuda" (each rank its own GPU); `distributed_backend` defaults to gloo on CPU and NCCL on
+    CUDA; a collective that waits longer than `distributed_timeout_s` on a silent rank fails. Call `close()` (or
+    use `with LLM(...)`) to stop the workers.
     """
 
     def __init__(
@@ -90,20 +104,42 @@ class LLM:
         weights: str = "auto",
         mmap: bool = True,
         num_threads: int | None = None,
+        tensor_parallel_size: int = 1,
+        enable_expert_parallel: bool = False,
+        moe_combine: str = "allreduce",
+        device: str = "cpu",
+        distributed_backend: str | None = None,
+        distributed_timeout_s: float = DEFAULT_TIMEOUT_S,
         **engine_kwargs: Any,
     ) -> None:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
+        layout = ParallelConfig(tensor_parallel_size, 0, enable_expert_parallel, moe_combine)
+        self._ranks: Ranks | None = None
         generation_config: dict[str, Any] = {}
         if isinstance(model, KimiK2ForCausalLM):
+            if layout.is_parallel:
+                raise ValueError("tensor_parallel_size > 1 loads each rank's shard from a checkpoint: pass its path")
             self.model = model.eval()
             source: Path | None = None
         else:
             source = resolve_checkpoint(model, "checkpoint")  # a directory, or a Hub id in the local HF cache
             from kimi_k2.checkpoint.loader import load_model
 
-            self.model = load_model(source, dtype=dtype, weights=weights, mmap=mmap)
+            if layout.is_parallel:
+                from kimi_k2.config import ModelConfig
+
+                layout.check(ModelConfig.from_pretrained(source))  # before any process starts
+                options = LoadOptions(str(source), dtype, weights, mmap, device)
+                threads = num_threads or max(1, (os.cpu_count() or 1) // layout.world_size)
+                num_threads = threads
+                self._ranks = start_ranks(layout, options, backend=distributed_backend,
+                                          timeout_s=distributed_timeout_s, threads=threads)
+                torch.set_num_threads(threads)
+                self.model = load_rank0(self._ranks, options)
+            else:
+                self.model = load_model(source, dtype=dtype, device=device, weights=weights, mmap=mmap)
             generation_config = read_generation_config(source)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         if isinstance(tokenizer, (str, Path)):
             tokenizer_dir = tokenizer
             tokenizer = load_tokenizer(tokenizer_dir)
@@ -120,14 +156,52 @@ class LLM:
         where = f"{source / 'generation_config.json'}" if source is not None else "generation_config.json"
         self.sampling_defaults = sampling_defaults(generation_config, where)
         self.default_temperature = self.sampling_defaults.get("temperature", K2_DEFAULT_TEMPERATURE)
-        self.engine = EngineCore(
-            self.model,
-            tokenizer=tokenizer,
-            default_temperature=self.default_temperature,
-            default_stop_token_ids=self.default_stop_token_ids,
-            **engine_kwargs,
-        )
+        try:
+            self.engine = EngineCore(
+                self.model,
+                tokenizer=tokenizer,
+                default_temperature=self.default_temperature,
+                default_stop_token_ids=self.default_stop_token_ids,
+                **engine_kwargs,
+            )
+        except RankFailure as exc:
+            raise self._failure(exc) from exc
+        except BaseException:
+            if self._ranks is not None:
+                self._ranks.stop()
+            raise
         self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ the ranks of a sharded model
+    def _failure(self, exc: RankFailure) -> RankFailure:
+        """A rank failed: stop what is left of the group; the error says which workers exited."""
+        if self._ranks is None:
+            return exc
+        failure = self._ranks.failure(exc)
+        self._ranks.stop()
+        self._ranks = None
+        return failure
+
+    def _step(self) -> list[RequestOutput]:
+        try:
+            return self.engine.step()
+        except RankFailure as exc:
+            raise self._failure(exc) from exc
+
+    def close(self) -> None:
+        """Stop the worker ranks of a sharded model (nothing to do for a whole one). Idempotent."""
+        if self._ranks is not None:
+            try:
+                self.engine.close()
+            finally:
+                self._ranks.stop()
+                self._ranks = None
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ prompts
     def encode(self, prompt: Prompt) -> list[int]:
@@ -181,7 +255,7 @@ class LLM:
         with tqdm(total=len(request_ids), desc="generate", disable=not sys.stderr.isatty(), leave=False) as bar:
             try:
                 while any(not t.finished for t in totals.values()):
-                    for delta in self.engine.step():
+                    for delta in self._step():
                         if delta.request_id in totals:
                             _accumulate(totals[delta.request_id], delta)
                             bar.update(int(delta.finished))
@@ -201,7 +275,7 @@ class LLM:
         pending = set(request_ids)
         try:
             while pending:
-                for delta in self.engine.step():
+                for delta in self._step():
                     if delta.request_id in pending:
                         if delta.finished:
                             pending.discard(delta.request_id)

@@ -46,10 +46,13 @@ from kimi_k2.engine.paged_cache import PagedLatentPool, PagedStep
 from kimi_k2.kernels.weight import ConcatWeight, ExpertBank, Weight, concat, rms_norm_rows, weight_of
 from kimi_k2.model.attention import MASKED, MLA
 from kimi_k2.model.linear import Linear
-from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, dispatch_grouped, experts_grouped_mm, swiglu_rows
+from kimi_k2.model.moe import HAS_GROUPED_MM, MLP, MoE, Routing, dispatch_grouped, experts_grouped_mm, swiglu_rows
 from kimi_k2.model.quant_linear import FP8Linear, Int4Linear
 from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
+from kimi_k2.parallel.collectives import Collectives
+from kimi_k2.parallel.config import ParallelConfig
+from kimi_k2.parallel.shard import ExpertElsewhere, parallel_of
 
 AnyWeight = Weight | ConcatWeight
 NAIVE_PREFILL_MIN_TOKENS = 64
@@ -108,9 +111,11 @@ class StackedExperts:
 
 @dataclass(slots=True)
 class MoEWeights:
-    bank: ExpertBank
+    bank: ExpertBank  # the routed experts this rank holds (all of them, or their slices, without expert parallelism)
     stacked: StackedExperts | None
     shared: MLPWeights | None
+    first_expert: int = 0  # global id of the bank's expert 0
+    held_elsewhere: bool = False  # expert parallelism: the other experts are other ranks'
 
 
 @dataclass(slots=True)
@@ -151,18 +156,20 @@ def _stack_experts(experts: list[MLP]) -> StackedExperts:
 
 
 def _prepare_moe(moe: MoE, dtype: torch.dtype) -> MoEWeights:
-    experts = list(moe.experts)
+    held = [(e, expert) for e, expert in enumerate(moe.experts) if not isinstance(expert, ExpertElsewhere)]
+    experts = [expert for _, expert in held]
+    elsewhere = len(experts) < len(moe.experts)
     # fp32 experts are stacked (a copy) for batched steps' grouped matmul; bf16 and quantized experts stay where
     # they are (possibly memory-mapped) and run through the kernels, expert by expert.
     fp32 = all(_is_plain_linear(m) and m.weight.dtype == dtype == torch.float32 for e in experts for m in (e.gate_proj, e.up_proj, e.down_proj))
-    stacked = _stack_experts(experts) if fp32 else None
+    stacked = _stack_experts(experts) if fp32 and not elsewhere else None
     bank = ExpertBank(
         gate=[weight_of(e.gate_proj) for e in experts],
         up=[weight_of(e.up_proj) for e in experts],
         down=[weight_of(e.down_proj) for e in experts],
     )
     shared = _prepare_mlp(moe.shared_experts) if moe.shared_experts is not None else None
-    return MoEWeights(bank=bank, stacked=stacked, shared=shared)
+    return MoEWeights(bank=bank, stacked=stacked, shared=shared, first_expert=held[0][0], held_elsewhere=elsewhere)
 
 
 def _prepare_attention(attn: MLA, dtype: torch.dtype) -> AttentionWeights:
@@ -307,6 +314,12 @@ class ModelRunner:
         self.model, self.pool, self.mode, self.prefill_attention = model, pool, mode, prefill_attention
         self.cfg = model.config
         self.dtype = model.compute_dtype
+        self.parallel: ParallelConfig = parallel_of(model)
+        # The collectives of a sharded model; None for a whole one (then every reduce below is a no-op).
+        self.comm = Collectives(self.parallel, pool.kv.device) if self.parallel.is_parallel else None
+        if self.comm is not None and mode != "fast":
+            raise ValueError("a sharded model runs on the fast runner only (the reference runner is the model's own "
+                             "single-process forward)")
         self.layers: list[LayerWeights] = []
         self.lm_head: AnyWeight | None = None
         if mode == "fast":
@@ -342,10 +355,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[StepChunk]) -> torch.Tensor:
+        """Run one step. On a sharded model every rank calls this with the same chunks; rank 0 gets the logits,
+        the other ranks an empty [0, V] tensor."""
         if self.mode == "reference":
             return self._execute_reference(chunks)
         meta = build_meta(chunks, self.pool.block_size).to(self.pool.kv.device)
         logits = self._forward(meta)
+        if logits is None:  # a rank other than 0 of a sharded model
+            return torch.empty(0, self.cfg.vocab_size)
         # logit rows come in packed order (decodes first); put them back in chunk order
         packed_order = [i for i in meta.order if chunks[i].wants_logits]
         back = sorted(range(len(packed_order)), key=lambda r: packed_order[r])
@@ -368,24 +385,51 @@ class ModelRunner:
         return torch.stack([logits[b, s] for b, s in rows]).float() if rows else logits.new_zeros(0, logits.shape[-1])
 
     # ------------------------------------------------------------------ fast
-    def _forward(self, meta: StepMeta) -> torch.Tensor:
+    def _forward(self, meta: StepMeta) -> torch.Tensor | None:
         model = self.model
-        h = model.model.embed_tokens(meta.input_ids).to(self.dtype)  # (N, D), the runner's own: updated in place
+        h = self._embed(meta.input_ids)  # (N, D), the runner's own: updated in place
         cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             attended = self._attention(layer_idx, layer.self_attn, weights.attention, rms_norm_rows(layer.input_layernorm, h), cis, meta)
-            weights.attention.o.mm(attended, out=h)  # h += o_proj(attended)  (N, D)
+            partial = self._partial(h)
+            weights.attention.o.mm(attended, out=partial)  # h += o_proj(attended)  (N, D)
+            self._reduce_into(h, partial)
             x = rms_norm_rows(layer.post_attention_layernorm, h)
             mlp = weights.mlp
+            partial = self._partial(h)
             if isinstance(mlp, MoEWeights):
-                self._moe(layer.mlp, mlp, x, out=h)
+                self._moe(layer.mlp, mlp, x, out=partial)
             else:
-                mlp.down.mm(_swiglu_hidden(x, mlp), out=h)  # h += down(silu(gate) * up)
+                mlp.down.mm(_swiglu_hidden(x, mlp), out=partial)  # h += down(silu(gate) * up)
+            self._reduce_into(h, partial)
         if meta.logit_rows.numel() == 0:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = rms_norm_rows(model.model.norm, h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
         assert self.lm_head is not None
-        return self.lm_head.mm(last).float()  # (n, V)
+        logits = self.lm_head.mm(last).float()  # (n, V), or (n, V/N) of a vocabulary shard
+        return logits if self.comm is None else self.comm.gather_columns(logits)
+
+    # ------------------------------------------------------------------ the reduces of a sharded model
+    def _partial(self, h: torch.Tensor) -> torch.Tensor:
+        """Where a row-split product adds its output: `h` itself on a whole model; on a sharded one a float32
+        buffer, summed over the ranks by `_reduce_into` (so a residual is added once, after the reduce)."""
+        return h if self.comm is None else torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+
+    def _reduce_into(self, h: torch.Tensor, partial: torch.Tensor) -> None:
+        if partial is not h:
+            assert self.comm is not None
+            h.add_(self.comm.all_reduce_(partial).to(h.dtype))
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows [N, D] in the compute dtype; of a vocabulary-split table, each rank's own rows summed."""
+        table = self.model.model.embed_tokens
+        if self.comm is None:
+            return table(ids).to(self.dtype)
+        start = self.parallel.rank * table.num_embeddings
+        local = ids - start
+        mine = (local >= 0) & (local < table.num_embeddings)
+        rows = table(local.clamp(0, table.num_embeddings - 1)).float() * mine.unsqueeze(-1)  # (N, D)
+        return self.comm.all_reduce_(rows).to(self.dtype)
 
     def _attention(
         self, layer_idx: int, attn: MLA, w: AttentionWeights, x: torch.Tensor, cis: torch.Tensor, meta: StepMeta
@@ -482,21 +526,57 @@ class ModelRunner:
         return out.transpose(0, 1)  # (S, H, V)
 
     # ------------------------------------------------------------------ experts
-    @staticmethod
-    def _moe(moe: MoE, w: MoEWeights, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out [N, D] += routed experts + shared expert of x [N, D] (normed)."""
+    def _moe(self, moe: MoE, w: MoEWeights, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out [N, D] += routed experts + shared expert of x [N, D] (normed). With expert parallelism, this rank's
+        experts' part (every rank routes every token: the router is replicated); the caller's reduce sums the
+        ranks' parts, shared expert included, in one all-reduce."""
         routing = moe.gate(x)
-        n_tok = x.shape[0]
-        routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        if n_tok <= w.bank.native_tokens and w.bank.run_native(x, routing.experts, routing.weights, routed):
-            pass  # decode: every (token, expert) pair in one call, straight from the stored weights
-        elif w.stacked is not None and HAS_GROUPED_MM and n_tok > 2:  # one grouped product per projection
-            routed = experts_grouped_mm(x, routing, w.stacked.w13, w.stacked.w2)
+        if w.held_elsewhere and self.parallel.moe_combine == "alltoall":
+            routed = self._experts_alltoall(w, x, routing)
         else:
-            routed = dispatch_grouped(x, routing, w.bank.num_experts, w.bank.expert_mlp)
+            if w.held_elsewhere:  # global expert ids → this rank's bank, -1 for another rank's expert
+                local = routing.experts - w.first_expert
+                local = local.masked_fill_((local < 0) | (local >= w.bank.num_experts), -1)
+                routing = Routing(weights=routing.weights, experts=local)
+            routed = self._held_experts(w, x, routing)
         out.add_(routed.to(out.dtype))
         if w.shared is not None:
             w.shared.down.mm(_swiglu_hidden(x, w.shared), out=out)
+
+    @staticmethod
+    def _held_experts(w: MoEWeights, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Σ_k weight · expert(x) [N, D] float32 over the assignments to this rank's bank (local ids; -1 skipped)."""
+        n_tok = x.shape[0]
+        routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        if n_tok <= w.bank.native_tokens and w.bank.run_native(x, routing.experts, routing.weights, routed):
+            return routed  # decode: every (token, expert) pair in one call, straight from the stored weights
+        if w.stacked is not None and HAS_GROUPED_MM and n_tok > 2:  # one grouped product per projection
+            return experts_grouped_mm(x, routing, w.stacked.w13, w.stacked.w2)
+        return dispatch_grouped(x, routing, w.bank.num_experts, w.bank.expert_mlp)
+
+    def _experts_alltoall(self, w: MoEWeights, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Expert parallelism by dispatch and combine: this rank routes its 1/N of the tokens, sends each (token,
+        expert) row to the expert's rank (all-to-all), runs the rows it receives through its experts, and sends
+        the outputs back (all-to-all). Returns [N, D] float32: this rank's tokens' routed sums, zeros elsewhere
+        (the caller's all-reduce assembles every token, with the shared expert's partial sums)."""
+        assert self.comm is not None
+        world, rank = self.parallel.world_size, self.parallel.rank
+        n_tok, top_k = routing.experts.shape
+        t0, t1 = rank * n_tok // world, (rank + 1) * n_tok // world  # this rank's tokens
+        experts, weights = routing.experts[t0:t1].flatten(), routing.weights[t0:t1].flatten()  # (m·K,)
+        owner = torch.div(experts, w.bank.num_experts, rounding_mode="floor")  # every rank holds E/N experts
+        order = owner.argsort(stable=True)  # pairs grouped by destination rank
+        send = torch.bincount(owner, minlength=world).tolist()
+        recv = [row[rank] for row in self.comm.all_gather_ints(send)]
+        pair_tokens = order // top_k
+        rows = self.comm.all_to_all(x[t0:t1].float()[pair_tokens], send, recv)  # (R, D) rows for my experts
+        ids = self.comm.all_to_all(experts[order].unsqueeze(-1), send, recv) - w.first_expert  # (R, 1) local ids
+        ones = torch.ones(ids.shape, dtype=torch.float32, device=x.device)
+        outputs = self._held_experts(w, rows, Routing(weights=ones, experts=ids))  # (R, D): each row's expert output
+        back = self.comm.all_to_all(outputs, recv, send)  # (m·K, D) in `order`
+        routed = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        routed[t0:t1].index_add_(0, pair_tokens, back * weights[order].unsqueeze(-1))
+        return routed
 
 
 def _swiglu_hidden(x: torch.Tensor, w: MLPWeights) -> torch.Tensor:

@@ -113,20 +113,25 @@ def experts_loop(experts: nn.ModuleList, x: torch.Tensor, routing: Routing) -> t
 
 @dataclass(frozen=True, slots=True)
 class SortedAssignments:
-    """The T*K (token, expert) assignments of a routing, sorted by expert (token order kept within one)."""
+    """The T*K (token, expert) assignments of a routing, sorted by expert (token order kept within one). An expert
+    id of -1 marks an assignment to an expert another rank holds (expert parallelism): those sort first and are
+    `skipped`."""
 
     tokens: torch.Tensor  # (T*K,) int64, the token of each sorted assignment
     weights: torch.Tensor  # (T*K, 1) float32, its routing weight
     counts: torch.Tensor  # (E,) int64, assignments per expert
+    skipped: int = 0  # leading assignments with expert id -1
 
 
 def sort_assignments(routing: Routing, num_experts: int) -> SortedAssignments:
     flat_experts = routing.experts.flatten()  # (T*K,)
     order = flat_experts.argsort(stable=True)
+    counts = torch.bincount(flat_experts + 1, minlength=num_experts + 1)  # slot 0 counts the -1s
     return SortedAssignments(
         tokens=order // routing.experts.shape[1],
         weights=routing.weights.flatten()[order].unsqueeze(-1),
-        counts=torch.bincount(flat_experts, minlength=num_experts),
+        counts=counts[1:],
+        skipped=int(counts[0]),
     )
 
 
@@ -134,10 +139,11 @@ def dispatch_grouped(
     x: torch.Tensor, routing: Routing, num_experts: int, run_expert: Callable[[int, torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """Sort the T*K assignments by expert and call `run_expert(e, x_rows)` once per used expert; return the
-    routing-weighted sum [T, D] in float32. Shared by the module path here and the engine's stacked weights."""
+    routing-weighted sum [T, D] in float32. Shared by the module path here and the engine's stacked weights.
+    Assignments to expert -1 (held by another rank) are skipped."""
     sorted_ = sort_assignments(routing, num_experts)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    start = 0
+    start = sorted_.skipped
     for e, count in enumerate(sorted_.counts.tolist()):
         if count == 0:
             continue
@@ -159,6 +165,7 @@ def experts_grouped_mm(x: torch.Tensor, routing: Routing, w13: torch.Tensor, w2:
     float32, as `dispatch_grouped` does.
     """
     sorted_ = sort_assignments(routing, w13.shape[0])
+    assert sorted_.skipped == 0, "grouped_mm runs every assignment: no expert may be held elsewhere"
     ends = torch.cumsum(sorted_.counts, 0).to(torch.int32)  # (E,) where each expert's rows end
     gate_up = F.grouped_mm(x[sorted_.tokens], w13.transpose(1, 2), offs=ends)  # (T*K, 2I)
     hidden = swiglu_rows(gate_up)  # (T*K, I)

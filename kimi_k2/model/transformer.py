@@ -129,6 +129,10 @@ class KimiK2ForCausalLM(nn.Module):
         stats: ForwardStats | None = None,
     ) -> torch.Tensor:
         """input_ids [B, S] → final-normed hidden states [B, S, D]."""
+        layout = getattr(self, "parallel", None)  # set by kimi_k2.parallel.shard_model
+        if layout is not None and layout.is_parallel:
+            raise RuntimeError("this model holds one rank's shard: its own forward is the single-process reference; "
+                               "run it through the engine (kimi_k2.LLM), whose runner adds the reduces")
         if positions is None:
             if cache is not None:
                 raise ValueError("a forward with a cache needs explicit positions")

@@ -567,7 +567,8 @@ std::vector<at::Tensor> quantize_activations(const at::Tensor& x) {
 
 // Routed experts of a few tokens in one call. table [E, 6] int64: per expert the (data, scale) addresses of
 // gate_proj [I, D], up_proj [I, D], down_proj [D, I]. out[M, D] += sum_k weights[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
-// The pairs are grouped by expert, so an expert chosen by several tokens is read once for all of them.
+// The pairs are grouped by expert, so an expert chosen by several tokens is read once for all of them. An id of
+// -1 marks a pair whose expert another rank holds (expert parallelism): it is skipped.
 void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& weights, const at::Tensor& table,
              int64_t fmt, int64_t inter, int64_t block_rows, int64_t block_cols, const at::Tensor& out,
              bool int8_activations) {
@@ -582,15 +583,20 @@ void experts(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor
   TORCH_CHECK(table.scalar_type() == at::kLong && table.is_contiguous() && table.dim() == 2 && table.size(1) == 6,
               "kimi_k2 kernels: the expert table must be a contiguous int64 [experts, 6] tensor");
   const int64_t tokens = x.size(0), top_k = expert_ids.size(1), n_experts = table.size(0);
-  const int64_t pairs = tokens * top_k;
+  const int64_t all_pairs = tokens * top_k;
   const int64_t* ids = expert_ids.data_ptr<int64_t>();
   const int64_t* addr = table.data_ptr<int64_t>();
-  for (int64_t p = 0; p < pairs; ++p)
-    TORCH_CHECK(ids[p] >= 0 && ids[p] < n_experts, "kimi_k2 kernels: expert id ", ids[p], " outside [0, ", n_experts, ")");
+  for (int64_t p = 0; p < all_pairs; ++p)
+    TORCH_CHECK(ids[p] >= -1 && ids[p] < n_experts, "kimi_k2 kernels: expert id ", ids[p], " outside [-1, ", n_experts,
+                ") (-1: an expert held by another rank)");
 
   // Group the (token, slot) pairs by expert, so each used expert's weights are read once for all its tokens.
-  std::vector<int64_t> order(pairs);
-  for (int64_t p = 0; p < pairs; ++p) order[p] = p;
+  std::vector<int64_t> order;
+  order.reserve(all_pairs);
+  for (int64_t p = 0; p < all_pairs; ++p)
+    if (ids[p] >= 0) order.push_back(p);
+  const int64_t pairs = static_cast<int64_t>(order.size());
+  if (pairs == 0) return;
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
   struct Group {
     Weight gate, up, down;
