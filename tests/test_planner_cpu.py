@@ -42,11 +42,16 @@ def _tensors(obj, seen: set[int]):
             yield from _tensors(getattr(obj, f.name), seen)
 
 
-def engine_weight_bytes(llm: LLM) -> int:
-    tensors = list(llm.model.state_dict().values())
-    tensors += list(_tensors(llm.engine.runner.layers, set())) + list(_tensors(llm.engine.runner.lm_head, set()))
+def engine_weight_bytes_of(model, runner) -> int:
+    """Bytes of every distinct storage the model and its fast runner hold."""
+    tensors = list(model.state_dict().values())
+    tensors += list(_tensors(runner.layers, set())) + list(_tensors(runner.lm_head, set()))
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.numel()}
     return sum(storages.values())
+
+
+def engine_weight_bytes(llm: LLM) -> int:
+    return engine_weight_bytes_of(llm.model, llm.engine.runner)
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "int4", "bf16"])

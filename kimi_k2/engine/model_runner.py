@@ -406,8 +406,14 @@ class ModelRunner:
             return h.new_zeros(0, model.config.vocab_size, dtype=torch.float32)
         last = rms_norm_rows(model.model.norm, h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
         assert self.lm_head is not None
-        logits = self.lm_head.mm(last).float()  # (n, V), or (n, V/N) of a vocabulary shard
-        return logits if self.comm is None else self.comm.gather_columns(logits)
+        logits = self.lm_head.mm(last).float()  # (n, V), or (n, ≤ceil(V/N)) of a vocabulary shard
+        if self.comm is None:
+            return logits
+        width = self.parallel.vocab_rows(self.cfg.vocab_size)
+        if logits.shape[1] < width:  # the last rank's shorter shard, padded so every rank sends the same shape
+            logits = torch.nn.functional.pad(logits, (0, width - logits.shape[1]), value=float("-inf"))
+        gathered = self.comm.gather_columns(logits)
+        return None if gathered is None else gathered[:, : self.cfg.vocab_size]
 
     # ------------------------------------------------------------------ the reduces of a sharded model
     def _partial(self, h: torch.Tensor) -> torch.Tensor:
@@ -425,7 +431,7 @@ class ModelRunner:
         table = self.model.model.embed_tokens
         if self.comm is None:
             return table(ids).to(self.dtype)
-        start = self.parallel.rank * table.num_embeddings
+        start = self.parallel.vocab_part(self.cfg.vocab_size)[0]
         local = ids - start
         mine = (local >= 0) & (local < table.num_embeddings)
         rows = table(local.clamp(0, table.num_embeddings - 1)).float() * mine.unsqueeze(-1)  # (N, D)

@@ -53,7 +53,7 @@ class ParallelConfig:
         n = self.world_size
         if n == 1:
             return
-        need = [("num_attention_heads", cfg.num_attention_heads), ("vocab_size", cfg.vocab_size)]
+        need = [("num_attention_heads", cfg.num_attention_heads)]
         if cfg.first_k_dense_replace > 0 or cfg.n_routed_experts == 0:
             need.append(("intermediate_size", cfg.intermediate_size))
         if cfg.n_routed_experts:
@@ -73,6 +73,15 @@ class ParallelConfig:
         """This rank's [start, stop) of `total` items split evenly (`check` has made sure N divides it)."""
         size = total // self.world_size
         return self.rank * size, (self.rank + 1) * size
+
+    def vocab_rows(self, vocab_size: int) -> int:
+        """Rows of the embedding and lm_head per rank: ceil(V / N) (the last rank's shard may be shorter)."""
+        return -(-vocab_size // self.world_size)
+
+    def vocab_part(self, vocab_size: int) -> tuple[int, int]:
+        """This rank's [start, stop) of the vocabulary."""
+        rows = self.vocab_rows(vocab_size)
+        return min(vocab_size, self.rank * rows), min(vocab_size, (self.rank + 1) * rows)
 
     def experts(self, cfg: ModelConfig) -> range:
         """The routed experts this rank holds whole (all of them, sliced, without expert parallelism)."""

@@ -7,7 +7,7 @@ Tensor parallel (vLLM's and DeepSeek's layout):
 * dense MLP and shared expert: `gate_proj` / `up_proj` column-split, `down_proj` row-split;
 * routed experts: the same as the dense MLP without expert parallelism; with it, whole experts on their owner
   rank and nothing elsewhere;
-* vocabulary-split (dim 0): `embed_tokens` and `lm_head`;
+* vocabulary-split (dim 0): `embed_tokens` and `lm_head`, ceil(V/N) rows a rank (the last may have fewer);
 * replicated: `q_a_proj`, `kv_a_proj_with_mqa` (MLA's down-projections: the latent is one per token, not per
   head), every norm, the router and its correction bias.
 
@@ -58,7 +58,7 @@ def shard_of(name: str, cfg: ModelConfig, pc: ParallelConfig) -> Shard | None:
     if not pc.is_parallel:
         return WHOLE
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        return Shard(0, *pc.part(cfg.vocab_size))
+        return Shard(0, *pc.vocab_part(cfg.vocab_size))
     if m := _EXPERT.match(name):
         if pc.expert_parallel:
             return WHOLE if int(m.group(1)) in pc.experts(cfg) else None
