@@ -84,6 +84,65 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--chat-template", default=None, metavar="FILE",
                         help="a jinja chat template to use instead of the checkpoint's")
+    add_parallel_options(parser)
+
+
+def add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    """--tensor-parallel-size, --enable-expert-parallel, --moe-combine, --device, --distributed-backend,
+    --distributed-timeout (docs/parallel.md)."""
+    group = parser.add_argument_group("parallelism (docs/parallel.md)")
+    group.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=1, metavar="N",
+                       help="shard the model over N ranks: this process and N-1 workers it starts on this host, or "
+                            "the N ranks torchrun started (default: 1)")
+    group.add_argument("--enable-expert-parallel", action="store_true",
+                       help="each rank holds E/N whole routed experts instead of 1/N of every expert")
+    group.add_argument("--moe-combine", choices=("allreduce", "alltoall"), default="allreduce",
+                       help="with expert parallelism: one all-reduce per MoE layer (default), or dispatch and combine "
+                            "by all-to-all")
+    group.add_argument("--device", default="cpu", help="cpu (default) or cuda (each rank its own GPU)")
+    group.add_argument("--distributed-backend", choices=("gloo", "nccl"), default=None,
+                       help="torch.distributed backend (default: gloo on cpu, nccl on cuda)")
+    group.add_argument("--distributed-timeout", type=positive_int, default=600, metavar="SECONDS",
+                       help="a collective waiting longer than this on a silent rank fails (default: 600)")
+
+
+def parallel_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`LLM`'s parallel keywords from the parsed options."""
+    return dict(tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
+                moe_combine=args.moe_combine, device=args.device, distributed_backend=args.distributed_backend,
+                distributed_timeout_s=float(args.distributed_timeout))
+
+
+def run_worker_rank(args: argparse.Namespace) -> int | None:
+    """Under torchrun, ranks other than 0 load their shard and run steps here (the exit code); None on rank 0 and
+    outside torchrun, where the command goes on."""
+    if args.tensor_parallel_size == 1:
+        return None
+    from kimi_k2.parallel.launch import torchrun_rank
+
+    launched = torchrun_rank()
+    if launched is None or launched[0] == 0:
+        return None
+    import torch
+
+    from kimi_k2.config import ModelConfig
+    from kimi_k2.engine.lockstep import LoadOptions, run_worker
+    from kimi_k2.parallel.config import ParallelConfig
+    from kimi_k2.parallel.launch import default_backend, init_group
+
+    rank, world_size, local_rank = launched
+    if world_size != args.tensor_parallel_size:
+        raise ValueError(f"torchrun started {world_size} ranks but --tensor-parallel-size is {args.tensor_parallel_size}")
+    model_dir = resolve_model(args.model)
+    dtype = auto_dtype(ModelConfig.from_pretrained(model_dir), args.weights) if args.dtype == "auto" else args.dtype
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    init_group(rank, world_size, init_method="env://", backend=args.distributed_backend or default_backend(args.device),
+               timeout_s=float(args.distributed_timeout))
+    layout = ParallelConfig(world_size, 0, args.enable_expert_parallel, args.moe_combine)
+    run_worker(rank, world_size, local_rank, layout,
+               LoadOptions(str(model_dir), getattr(torch, dtype), args.weights, not args.no_mmap, args.device))
+    return 0
 
 
 def resolve_model(model: str | Path | None) -> Path:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from kimi_k2.engine.core import EngineStats, RequestOutput
 from kimi_k2.engine.llm import LLM
 from kimi_k2.engine.sampler import TokenLogprob
 from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.parallel.collectives import RankFailure
 
 log = logging.getLogger("kimi_k2")
 
@@ -56,6 +57,10 @@ class AsyncLLM:
         self._sinks: dict[str, _Sink] = {}  # touched by the engine thread only
         self._stats = self.core.stats()
         self._stopped = False
+        # A rank of a sharded model failed: every request fails, the thread ends, and `on_fatal` (the server's
+        # exit) is called from the engine thread with the error, also kept as `fatal`.
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self._thread = threading.Thread(target=self._run, name="kimi-k2-engine", daemon=True)
         self._thread.start()
 
@@ -119,6 +124,8 @@ class AsyncLLM:
         self._stopped = True
         self._commands.put(("stop",))
         self._thread.join(timeout)
+        if self.fatal is None:
+            self.llm.close()  # the worker ranks of a sharded model leave their step loop
 
     # ------------------------------------------------------------------ the engine thread
     def _run(self) -> None:
@@ -163,6 +170,13 @@ class AsyncLLM:
                 continue
             try:
                 deltas = self.core.step()
+            except RankFailure as exc:  # the sharded engine cannot go on: fail everything, and say so
+                self.fatal = self.llm.rank_failure(exc)
+                log.error("a rank of the sharded model failed: %s", self.fatal)
+                self._fail_all(self.fatal)
+                if self.on_fatal is not None:
+                    self.on_fatal(self.fatal)
+                return
             except Exception as exc:  # a failed step must not hang every client: fail and drop what ran
                 log.exception("engine step failed")
                 self._fail_all(exc)

@@ -19,7 +19,15 @@ import argparse
 import sys
 from typing import Any
 
-from kimi_k2.cli_options import add_model_options, auto_dtype, positive_int, read_chat_template, resolve_model
+from kimi_k2.cli_options import (
+    add_model_options,
+    auto_dtype,
+    parallel_kwargs,
+    positive_int,
+    read_chat_template,
+    resolve_model,
+    run_worker_rank,
+)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +99,7 @@ def _load(args: argparse.Namespace) -> Any:
     print(f"loading {model_dir} ({dtype}) ...", file=sys.stderr, flush=True)
     llm = LLM(model_dir, dtype=getattr(torch, dtype), weights=args.weights, mmap=not args.no_mmap,
               int8_activations=args.int8_activations, num_threads=args.threads, kv_cache_memory=args.kv_memory,
-              max_model_len=args.max_model_len)
+              max_model_len=args.max_model_len, **parallel_kwargs(args))
     if template is not None:
         if llm.tokenizer is None:
             raise ValueError(f"--chat-template: {model_dir} has no tokenizer (tiktoken.model) to render it with")
@@ -118,7 +126,14 @@ def _generate(args: argparse.Namespace) -> int:
     if args.prompt_ids is not None and args.chat:
         raise ValueError("--chat needs --prompt text, not --prompt-ids")
     _sampling_params(args, {})  # a bad value fails before the model loads
-    llm = _load(args)
+    worker = run_worker_rank(args)  # torchrun's ranks 1..N-1 run steps, rank 0 answers
+    if worker is not None:
+        return worker
+    with _load(args) as llm:
+        return _answer(args, llm)
+
+
+def _answer(args: argparse.Namespace, llm: Any) -> int:
     params = _sampling_params(args, llm.sampling_defaults)
     chat = renders_chat(args, llm.tokenizer)
     if args.system and not chat:
@@ -150,11 +165,18 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    _sampling_params(args, {})  # a bad value fails before the model loads
+    worker = run_worker_rank(args)
+    if worker is not None:
+        return worker
+    with _load(args) as llm:
+        return _converse(args, llm)
+
+
+def _converse(args: argparse.Namespace, llm: Any) -> int:
     from kimi_k2.tokenizer.events import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
     from kimi_k2.tokenizer.output_parser import OutputParser
 
-    _sampling_params(args, {})  # a bad value fails before the model loads
-    llm = _load(args)
     params = _sampling_params(args, llm.sampling_defaults)
     if llm.tokenizer is None:
         raise ValueError(f"{args.model}: chat needs a tokenizer (tiktoken.model) in the checkpoint directory")

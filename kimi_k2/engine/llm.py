@@ -165,7 +165,7 @@ class LLM:
                 **engine_kwargs,
             )
         except RankFailure as exc:
-            raise self._failure(exc) from exc
+            raise self.rank_failure(exc) from exc
         except BaseException:
             if self._ranks is not None:
                 self._ranks.stop()
@@ -173,7 +173,7 @@ class LLM:
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ the ranks of a sharded model
-    def _failure(self, exc: RankFailure) -> RankFailure:
+    def rank_failure(self, exc: RankFailure) -> RankFailure:
         """A rank failed: stop what is left of the group; the error says which workers exited."""
         if self._ranks is None:
             return exc
@@ -186,7 +186,7 @@ class LLM:
         try:
             return self.engine.step()
         except RankFailure as exc:
-            raise self._failure(exc) from exc
+            raise self.rank_failure(exc) from exc
 
     def close(self) -> None:
         """Stop the worker ranks of a sharded model (nothing to do for a whole one). Idempotent."""

@@ -69,7 +69,10 @@ class LockstepRunner:
         """Tell the workers to leave their step loop (once; a failed group is not waited on)."""
         if not self.stopped:
             self.stopped = True
-            self.comm.broadcast_object(None)
+            try:
+                self.comm.broadcast_object(None)
+            except RankFailure as exc:  # a group that already failed has nobody left to tell
+                log.warning("stopping the ranks: %s", exc)
 
 
 def serve_steps(model: Any, comm: Collectives) -> int:
@@ -141,7 +144,7 @@ class Ranks:
 
     def failure(self, exc: BaseException) -> RankFailure:
         """A RankFailure that says which workers exited, if any did."""
-        failed = self.workers.failed() if self.workers is not None else []
+        failed = self.workers.failed(wait_s=2.0) if self.workers is not None else []
         detail = f" ({'; '.join(failed)})" if failed else ""
         return RankFailure(f"{exc}{detail}")
 

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -76,8 +77,12 @@ class Workers:
         for process in self.processes:
             process.start()
 
-    def failed(self) -> list[str]:
-        """'rank R exited with code C' for every worker that has exited."""
+    def failed(self, wait_s: float = 0.0) -> list[str]:
+        """'rank R exited with code C' for every worker that has exited (within `wait_s`: a collective can fail a
+        moment before the dead rank's exit is visible)."""
+        deadline = time.monotonic() + wait_s
+        while wait_s and time.monotonic() < deadline and all(p.exitcode is None for p in self.processes):
+            time.sleep(0.05)
         return [f"rank {p.name.removeprefix('kimi-k2-rank')} exited with code {p.exitcode}"
                 for p in self.processes if p.exitcode is not None]
 

@@ -23,10 +23,12 @@ from typing import Any
 from kimi_k2.cli_options import (
     add_model_options,
     auto_dtype,
+    parallel_kwargs,
     parse_bytes,
     positive_int,
     read_chat_template,
     resolve_model,
+    run_worker_rank,
     size_type,
 )
 
@@ -153,6 +155,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        **parallel_kwargs(args),
     )
     if template is not None:
         llm.tokenizer.chat_template = template
@@ -179,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
     if args.api_key is not None:
         log.warning("--api-key on the command line is visible to other users in `ps`; prefer --api-key-file or $%s",
                     API_KEY_ENV)
+    worker = run_worker_rank(args)  # torchrun's ranks 1..N-1 run steps, rank 0 serves
+    if worker is not None:
+        return worker
     app, engine = build(args)
     state = app.state.server
     print(f"serving {state.model_name!r} on http://{args.host}:{args.port} (OpenAI: /v1/chat/completions, "
@@ -186,7 +192,12 @@ def run(args: argparse.Namespace) -> int:
           "in flight at most)", flush=True)
     try:
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-        GracefulServer(config, drain_s=DRAIN_S).run()
+        server = GracefulServer(config, drain_s=DRAIN_S)
+        engine.on_fatal = lambda exc: setattr(server, "should_exit", True)  # a rank failed: stop serving
+        server.run()
     finally:
         engine.shutdown()
+    if engine.fatal is not None:
+        log.error("exiting: the engine failed: %s", engine.fatal)
+        return 1
     return 0
