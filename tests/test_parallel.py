@@ -178,3 +178,16 @@ def test_step_collectives_formula():
     assert calls["all_reduce"] == (7, 7 * 3 * 128 * 4)  # embedding + 2 per layer
     assert calls["gather"] == (1, 2 * 255 * 4)
     assert calls["broadcast"][0] == 2
+
+
+def test_plan_prints_the_launch_command_of_its_layout():
+    from kimi_k2.config import preset
+    from kimi_k2.planner.hardware import gpu
+    from kimi_k2.planner.plan import make_plan
+
+    plan = make_plan(preset("kimi-k2"), gpu("h200"), model="kimi-k2", weights="fp8", context=8192, gpus=16)
+    assert plan.fit.fits
+    assert plan.launch is not None and plan.launch.startswith("torchrun --nnodes 2 --nproc-per-node 8 ")
+    assert "--tensor-parallel-size 16 --enable-expert-parallel" in plan.launch
+    one_host = make_plan(preset("medium"), gpu("h100"), model="/ckpt/medium", weights="bf16", context=4096, gpus=2)
+    assert one_host.launch == "kimi-k2 serve --model /ckpt/medium --tensor-parallel-size 2 --enable-expert-parallel --device cuda"

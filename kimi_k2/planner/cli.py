@@ -147,6 +147,10 @@ def render(plan: Plan) -> str:
             ("fit", verdict),
         ]
     rows.append(("minimum GPUs", "none up to the split's limit" if plan.min_gpus is None else f"{plan.min_gpus} × {plan.device.name} ({plan.split})"))
+    if plan.launch is not None:
+        rows.append(("launch", plan.launch))
+    elif plan.split != "tp":
+        rows.append(("launch", "this engine shards by tensor parallelism (--split tp, with expert parallelism)"))
     off = plan.offload
     rows.append(
         (

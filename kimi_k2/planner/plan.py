@@ -27,6 +27,7 @@ from kimi_k2.planner.formats import PUBLISHED_SIZES, PublishedSize, resolve_form
 from kimi_k2.planner.hardware import GPU
 from kimi_k2.planner.kv import kv_bytes_per_token, kv_dtype_bytes, per_head_kv_bytes_per_token
 from kimi_k2.planner.params import ParamCounts, count_params
+from kimi_k2.planner.ranks import launch_command
 from kimi_k2.planner.speed import (
     DEFAULT_RAM_BANDWIDTH,
     decode_tokens_per_s_bound,
@@ -72,6 +73,20 @@ class Plan:
         """The weights alone fit within the usable memory (KV and overhead aside)."""
         return self.fit.load is not None and self.fit.load.weights <= self.fit.usable_bytes_per_gpu
 
+    @property
+    def launch(self) -> str | None:
+        """The command that runs the recommended layout on this engine: tensor parallelism over the GPUs the plan
+        fits on (these GPUs if they fit, else the minimum), with expert parallelism for an MoE model (whole experts
+        per rank). None when no GPU count fits. The engine shards as the `tp` split counts; the `ep` (data-parallel
+        attention) and `pp` splits describe other engines' layouts."""
+        n = self.fit.gpus if self.fit.fits and self.split == "tp" else self.min_gpus if self.split == "tp" else None
+        if n is None:
+            return None
+        from kimi_k2.config import PRESETS
+
+        model = "PATH/TO/CHECKPOINT" if self.model in PRESETS else self.model
+        return launch_command(model, n, expert_parallel=self.cfg.n_routed_experts > 0)
+
     def as_dict(self) -> dict[str, Any]:
         load = self.fit.load
         return {
@@ -114,6 +129,7 @@ class Plan:
             "weights_fit": self.weights_fit,
             "fit_error": self.fit.error,
             "min_gpus": self.min_gpus,
+            "launch": self.launch,
             "offload": {
                 "ram_bytes": self.offload.ram_bytes,
                 "vram_bytes": self.offload.vram_bytes,
