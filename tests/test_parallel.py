@@ -191,3 +191,17 @@ def test_plan_prints_the_launch_command_of_its_layout():
     assert "--tensor-parallel-size 16 --enable-expert-parallel" in plan.launch
     one_host = make_plan(preset("medium"), gpu("h100"), model="/ckpt/medium", weights="bf16", context=4096, gpus=2)
     assert one_host.launch == "kimi-k2 serve --model /ckpt/medium --tensor-parallel-size 2 --enable-expert-parallel --device cuda"
+
+
+def test_gpu_check_script_runs_on_the_cpu():
+    """bench/gpu_check.py is the GPU machine's one prepared script; here it runs with --device cpu (tiny preset)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--preset", "tiny", "--tokens", "4",
+                           "--check-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "| greedy tokens equal to CPU float32 (first 4) | 4 | 4 |" in done.stdout
+    assert "decode tok/s" in done.stdout

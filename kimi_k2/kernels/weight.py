@@ -32,7 +32,7 @@ from kimi_k2.model.quant_linear import FP8_BLOCK, FP8_DTYPE, INT4_GROUP
 
 NATIVE_CODES = {"fp32": 0, "bf16": 1, "fp8": 2, "int4": 3}
 # The most rows of x the C++ kernels take; above, tiles through torch. A kernel decodes the weight once per four
-# rows of x, so its cost grows with the rows while MKL's does not (bench/kernels.py measures the crossover).
+# rows of x, so its cost grows with the rows while MKL's does not (bench/kernel_speed.py measures the crossover).
 NATIVE_MAX_ROWS = {"fp32": 4, "bf16": 32, "fp8": 32, "int4": 32}
 # The most tokens whose routed experts run in one kernel call (a batched decode step); prefill goes expert by
 # expert through tiles. fp32 experts have torch's grouped matmul over stacked copies from 3 tokens on.

@@ -85,10 +85,11 @@ class Collectives:
             size = torch.tensor([payload.numel()], dtype=torch.int64, device=self.device)
         else:
             size = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._count("broadcast", 8)
         self._run("broadcast", dist.broadcast, size, src=self._global(0))
         if self.pc.rank != 0:
             payload = torch.empty(int(size), dtype=torch.uint8, device=self.device)
-        self._count("broadcast", int(size) + 8)
+        self._count("broadcast", int(size))
         self._run("broadcast", dist.broadcast, payload, src=self._global(0))
         return obj if self.pc.rank == 0 else pickle.loads(payload.cpu().numpy().tobytes())
 

@@ -6,7 +6,7 @@ CPU BLAS), `torch._weight_int8pack_mm` (int8 weight per-row scales, bf16 activat
 `torch._weight_int4pack_mm_for_cpu` (int4 group 32, bf16 activations; the official INT4 layout feeds it after a
 nibble unpack). A 1 GiB fp32 `sum` is the read probe. Best of `--repeats`.
 
-Usage:  python bench/kernels.py [--threads 2] [--repeats 5] [--megabytes 400]
+Usage:  python bench/kernel_speed.py [--threads 2] [--repeats 5] [--megabytes 400]
 """
 
 from __future__ import annotations
