@@ -21,23 +21,13 @@ from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.model.generate import greedy_decode
 from kimi_k2.model.transformer import random_model
 from tests.threads import one_thread  # noqa: F401  (autouse: one torch thread in this module)
+from tests.unit_gain import unit_gain_
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10)
 
 
 def tiny_model(seed: int = 0):
-    model = random_model(preset("tiny"), seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen) * (0.7 / param.shape[-1] ** 0.5))
-        for name, buf in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                buf.copy_(torch.rand(buf.shape, generator=gen) * 0.2)
-    return model.eval()
+    return unit_gain_(random_model(preset("tiny"), seed=seed), seed).eval()
 
 
 

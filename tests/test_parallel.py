@@ -25,6 +25,7 @@ from kimi_k2.parallel.layout import WHOLE, Shard, shard_of
 from kimi_k2.parallel.shard import ExpertElsewhere
 from kimi_k2.planner.ranks import rank_plan, step_collectives
 from tests.test_planner_cpu import engine_weight_bytes_of
+from tests.unit_gain import unit_gain_
 
 
 def parallel_config() -> ModelConfig:
@@ -39,17 +40,7 @@ def parallel_config() -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def fp8_checkpoint(tmp_path_factory):
-    model = random_model(parallel_config(), seed=3)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen) * (0.7 / param.shape[-1] ** 0.5))
-        for name, buf in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                buf.copy_(torch.rand(buf.shape, generator=gen) * 0.2)
+    model = unit_gain_(random_model(parallel_config(), seed=3), seed=3)
     return save_model(model, tmp_path_factory.mktemp("parallel") / "fp8", fmt="fp8")
 
 
