@@ -111,3 +111,16 @@ def test_killing_a_worker_fails_the_request_and_exits_the_server():
         if server.poll() is None:
             server.kill()
         server.wait(timeout=30)
+
+
+def test_torchrun_ranks_answer_like_one_process():
+    """The multi-host entry point on one host: `torchrun --nproc-per-node 2 -m kimi_k2.cli generate
+    --tensor-parallel-size 2` (rank 0 answers, rank 1 runs steps) prints what one process prints."""
+    common = ["generate", "--prompt", QUESTION, "--max-tokens", "24", "--temperature", "0", "--threads", "1"]
+    single = subprocess.run([sys.executable, "-m", "kimi_k2.cli", *common], capture_output=True, text=True, timeout=120)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    ranks = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+                            "kimi_k2.cli", *common, "--tensor-parallel-size", "2"],
+                           capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+    assert ranks.stdout == single.stdout and single.stdout.strip()
