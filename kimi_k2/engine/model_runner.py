@@ -52,6 +52,7 @@ from kimi_k2.model.rope import apply_rope_complex, rope_cis
 from kimi_k2.model.transformer import KimiK2ForCausalLM
 from kimi_k2.parallel.collectives import Collectives
 from kimi_k2.parallel.config import ParallelConfig
+from kimi_k2.parallel.layout import shard_of
 from kimi_k2.parallel.shard import ExpertElsewhere, parallel_of
 
 AnyWeight = Weight | ConcatWeight
@@ -116,6 +117,13 @@ class MoEWeights:
     shared: MLPWeights | None
     first_expert: int = 0  # global id of the bank's expert 0
     held_elsewhere: bool = False  # expert parallelism: the other experts are other ranks'
+
+    @property
+    def partial_sums(self) -> bool:
+        """This rank's output of the layer is its part of a sum over the ranks (experts held elsewhere, experts or
+        the shared expert split along their inputs): one all-reduce completes it."""
+        shared = self.shared is not None and self.shared.down.shard.partial_sums
+        return self.held_elsewhere or self.bank.down[0].shard.partial_sums or shared
 
 
 @dataclass(slots=True)
@@ -337,8 +345,38 @@ class ModelRunner:
                             mlp=_prepare_moe(mlp, dtype) if isinstance(mlp, MoE) else _prepare_mlp(mlp),
                         )
                     )
+            if self.comm is not None:
+                self._record_shards()
             if int8_activations:
                 self._use_int8_activations()
+
+    def _record_shards(self) -> None:
+        """Give every sharded prepared weight its `Shard` (the layout's): the layer loop reduces where a weight is
+        split along its inputs, and nowhere else."""
+        cfg, pc = self.cfg, self.parallel
+
+        def record(weight: AnyWeight | None, module: str) -> None:
+            for part in weight.parts if weight is not None else ():
+                shard = shard_of(f"{module}.weight", cfg, pc)
+                assert shard is not None
+                part.shard = shard
+
+        record(self.lm_head, "lm_head")
+        for i, weights in enumerate(self.layers):
+            attention, mlp = weights.attention, weights.mlp
+            record(attention.q_b, f"model.layers.{i}.self_attn.q_b_proj")
+            record(attention.o, f"model.layers.{i}.self_attn.o_proj")
+            dense = mlp if isinstance(mlp, MLPWeights) else mlp.shared
+            prefix = f"model.layers.{i}.mlp" + ("" if isinstance(mlp, MLPWeights) else ".shared_experts")
+            if dense is not None:
+                record(dense.gate_up, f"{prefix}.gate_proj")
+                record(dense.down, f"{prefix}.down_proj")
+            if isinstance(mlp, MoEWeights):
+                for e, (gate, up, down) in enumerate(zip(mlp.bank.gate, mlp.bank.up, mlp.bank.down)):
+                    expert = f"model.layers.{i}.mlp.experts.{mlp.first_expert + e}"
+                    record(gate, f"{expert}.gate_proj")
+                    record(up, f"{expert}.up_proj")
+                    record(down, f"{expert}.down_proj")
 
     def _use_int8_activations(self) -> None:
         """INT4 weights take int8 activations (quantized per 32 inputs, integer dot products: docs/engine.md)."""
@@ -391,12 +429,12 @@ class ModelRunner:
         cis = rope_cis(*model.rope(meta.positions))  # (N, R/2) complex
         for layer_idx, (layer, weights) in enumerate(zip(model.model.layers, self.layers)):
             attended = self._attention(layer_idx, layer.self_attn, weights.attention, rms_norm_rows(layer.input_layernorm, h), cis, meta)
-            partial = self._partial(h)
+            partial = self._partial(h, weights.attention.o.shard.partial_sums)
             weights.attention.o.mm(attended, out=partial)  # h += o_proj(attended)  (N, D)
             self._reduce_into(h, partial)
             x = rms_norm_rows(layer.post_attention_layernorm, h)
             mlp = weights.mlp
-            partial = self._partial(h)
+            partial = self._partial(h, mlp.partial_sums if isinstance(mlp, MoEWeights) else mlp.down.shard.partial_sums)
             if isinstance(mlp, MoEWeights):
                 self._moe(layer.mlp, mlp, x, out=partial)
             else:
@@ -407,8 +445,9 @@ class ModelRunner:
         last = rms_norm_rows(model.model.norm, h if meta.all_rows_sampled else h[meta.logit_rows])  # (n, D)
         assert self.lm_head is not None
         logits = self.lm_head.mm(last).float()  # (n, V), or (n, ≤ceil(V/N)) of a vocabulary shard
-        if self.comm is None:
+        if self.lm_head.shard.dim is None:
             return logits
+        assert self.comm is not None
         width = self.parallel.vocab_rows(self.cfg.vocab_size)
         if logits.shape[1] < width:  # the last rank's shorter shard, padded so every rank sends the same shape
             logits = torch.nn.functional.pad(logits, (0, width - logits.shape[1]), value=float("-inf"))
@@ -416,10 +455,11 @@ class ModelRunner:
         return None if gathered is None else gathered[:, : self.cfg.vocab_size]
 
     # ------------------------------------------------------------------ the reduces of a sharded model
-    def _partial(self, h: torch.Tensor) -> torch.Tensor:
-        """Where a row-split product adds its output: `h` itself on a whole model; on a sharded one a float32
-        buffer, summed over the ranks by `_reduce_into` (so a residual is added once, after the reduce)."""
-        return h if self.comm is None else torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+    def _partial(self, h: torch.Tensor, partial_sums: bool) -> torch.Tensor:
+        """Where a product adds its output: `h` itself, or, when the product's weights are split along their inputs
+        (`partial_sums`), a float32 buffer that `_reduce_into` sums over the ranks and then adds to `h` once (so a
+        residual is added once, after the reduce, in float32)."""
+        return torch.zeros(h.shape, dtype=torch.float32, device=h.device) if partial_sums else h
 
     def _reduce_into(self, h: torch.Tensor, partial: torch.Tensor) -> None:
         if partial is not h:

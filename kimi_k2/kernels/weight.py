@@ -49,6 +49,28 @@ TRANSPOSED_MIN_INPUTS = 1024
 LM_HEAD_TRANSPOSED_ROW_RANGE = (3, 32)
 
 
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """The part of a weight one rank holds (tensor parallelism, `kimi_k2.parallel.layout`): rows (dim 0) or inputs
+    (dim 1) [start, stop) of the whole weight; `dim=None`: all of it."""
+
+    dim: int | None
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def partial_sums(self) -> bool:
+        """A product over a slice of the inputs is this rank's part of a sum over the ranks: it needs a reduce."""
+        return self.dim == 1
+
+
+WHOLE = Shard(None)
+
+
 def dense_format(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, "dense")
 
@@ -67,6 +89,7 @@ class Weight:
     block: tuple[int, int] = (1, 1)
     lm_head: bool = False  # picks the lm_head's transposed row range for dense products
     int8_activations: bool = False  # int4 only: the kernels quantize x per 32 inputs to int8 (see docs/engine.md)
+    shard: Shard = WHOLE  # the part of the model's weight this rank holds
     _t: torch.Tensor | None = field(default=None, repr=False)  # dense: the transposed view [I, O], made once
 
     # ---------------------------------------------------------------- construction
@@ -182,6 +205,10 @@ class ConcatWeight:
     @property
     def in_features(self) -> int:
         return self.parts[0].in_features
+
+    @property
+    def shard(self) -> Shard:
+        return self.parts[0].shard  # side by side along the outputs: every part is split the same way
 
     def mm(self, x: torch.Tensor, out: torch.Tensor | None = None, *, alpha: float = 1.0) -> torch.Tensor:
         result = out if out is not None else x.new_zeros(x.shape[0], self.out_features)

@@ -17,26 +17,14 @@ Legend: H heads, Q qk_nope_head_dim, R qk_rope_head_dim, V v_head_dim.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from kimi_k2.config import ModelConfig
+from kimi_k2.kernels.weight import WHOLE, Shard
 from kimi_k2.parallel.config import ParallelConfig
 
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """Rows (dim 0) or columns (dim 1) [start, stop) of a tensor; `dim=None`: the whole tensor."""
-
-    dim: int | None
-    start: int = 0
-    stop: int = 0
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
+__all__ = ["WHOLE", "Shard", "shard_of"]
 
 
-WHOLE = Shard(None)
 _EXPERT = re.compile(r"model\.layers\.\d+\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _MLP = re.compile(r"model\.layers\.\d+\.mlp(\.shared_experts)?\.(gate_proj|up_proj|down_proj)\.weight$")
 _HEADS = re.compile(r"model\.layers\.\d+\.self_attn\.(q_proj|q_b_proj|kv_b_proj|o_proj)\.weight$")
