@@ -127,6 +127,34 @@ def test_each_rank_holds_the_planners_bytes_and_no_full_copy_of_the_experts(fp8_
         assert isinstance(attention.q_b_proj, FP8Linear) and not isinstance(attention.o_proj, FP8Linear)
 
 
+@pytest.mark.parametrize("fmt", ["fp8", "int4"])
+def test_each_rank_loads_exactly_its_slice_of_every_weight(tmp_path, fmt):
+    """Cut as stored (FP8 blocks, INT4 words and groups) or dequantized where unaligned, every weight of every rank
+    holds exactly the values of its slice of the whole model's."""
+    from torch import nn
+
+    from kimi_k2.kernels.weight import weight_of
+    from kimi_k2.model.quant_linear import Int4Linear
+
+    cfg = parallel_config()
+    path = save_model(unit_gain_(random_model(cfg, seed=5), seed=5), tmp_path / fmt, fmt=fmt)
+    whole = load_model(path, weights="dequantize").state_dict()  # float32
+    kept = 0
+    for pc in (ParallelConfig(2, 1), ParallelConfig(2, 0, expert_parallel=True), ParallelConfig(4, 3)):
+        part = load_model(path, weights="auto", parallel=pc)
+        for name, module in part.named_modules():
+            if not isinstance(module, (nn.Linear, nn.Embedding, FP8Linear, Int4Linear)):
+                continue
+            kept += isinstance(module, (FP8Linear, Int4Linear))
+            got = module.weight.float() if isinstance(module, nn.Embedding) else weight_of(module).dense()
+            shard = shard_of(f"{name}.weight", cfg, pc)
+            expected = whole[f"{name}.weight"]
+            if shard.dim is not None:
+                expected = expected.narrow(shard.dim, shard.start, shard.size)
+            assert torch.equal(got, expected), name
+    assert kept > 0  # some shards stay in the stored format
+
+
 def test_sharded_model_refuses_its_single_process_forward(fp8_checkpoint):
     model = load_model(fp8_checkpoint, weights="auto", parallel=ParallelConfig(2, 1))
     with pytest.raises(RuntimeError, match="one rank's shard"):
