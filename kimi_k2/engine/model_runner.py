@@ -22,6 +22,13 @@ Two ways to run a step, same result (tests/test_engine_exact.py checks it):
   and RMSNorm one call (`rms_norm`). Dense fp32 products of 12-32 rows run as `(W @ xᵀ)ᵀ` where MKL reads
   that form faster (`kimi_k2.kernels.weight`, bench/gemm_layout.py).
 
+A model sharded over ranks (`kimi_k2.parallel`: every rank runs this loop on the same tokens, in lockstep) differs
+in four places only: the vocabulary-split embedding's rows are summed over the ranks; a product whose weight is
+split along its inputs (`Weight.shard`: `o_proj`, the MLPs' `down_proj`, the MoE layer as a whole) adds into a
+float32 partial sum that one all-reduce completes before it joins the residual stream; with expert parallelism
+the expert kernels skip other ranks' experts (id −1) or the pairs travel by all-to-all; the vocabulary-split
+`lm_head` gathers the sampled rows' logits to rank 0.
+
 Attention per step: all 1-token rows (decodes) attend together with absorbed MLA over the latent pool,
 `[q_latent | q_pe] · [c_kv | k_pe]` in one batched matmul, their keys gathered once per layer with
 `index_select`. Each multi-token chunk (prefill) attends on its own with the path `prefill_attention` names:
