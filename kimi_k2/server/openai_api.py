@@ -36,8 +36,10 @@ from kimi_k2.server.chat import (
     build_prompt,
     check_tool_results,
     check_unique_names,
+    tool_specs,
     validate_function,
 )
+from kimi_k2.server.constraints import ANY_OBJECT, check_schema
 from kimi_k2.server.errors import bad_request, openai_error_body
 from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import OPENAI_DONE, sse_data
@@ -116,8 +118,37 @@ def openai_tools(tools: list[s.ToolDef] | None) -> list[dict[str, Any]] | None:
         return None
     for i, tool in enumerate(tools):
         validate_function(tool.function.name, tool.function.parameters, f"tools[{i}].function", "parameters")
+        if tool.function.strict:
+            check_schema(tool.function.parameters or ANY_OBJECT, f"tools[{i}].function.parameters")
     check_unique_names([t.function.name for t in tools], "tools")
     return [tool.model_dump(exclude_none=True) for tool in tools]
+
+
+def response_schema(response_format: s.ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON schema the reply must follow (`json_object`: any object), or None for free text."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return ANY_OBJECT
+    if response_format.type != "json_schema":
+        raise bad_request(f"response_format.type: {response_format.type!r} is not one of 'text', 'json_object', "
+                          "'json_schema'", "response_format.type")
+    spec = (response_format.model_extra or {}).get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise bad_request("response_format.json_schema.schema: a json_schema response format needs "
+                          "{'json_schema': {'name': ..., 'schema': {...}}}", "response_format.json_schema.schema")
+    check_schema(spec["schema"], "response_format.json_schema.schema")
+    return spec["schema"]
+
+
+def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias (token ids as strings) -> {id: bias}."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        if not key.strip().isdigit():
+            raise bad_request(f"logit_bias: key {key!r} is not a token id (a non-negative integer)", "logit_bias")
+        out[int(key)] = value
+    return out
 
 
 def openai_tool_choice(choice: str | s.NamedToolChoice | None, parallel: bool | None) -> ToolChoice:
@@ -132,8 +163,6 @@ def openai_tool_choice(choice: str | s.NamedToolChoice | None, parallel: bool | 
 def _reject_unsupported(req: s.SamplingFields) -> None:
     if req.n not in (None, 1):
         raise bad_request(f"n={req.n} is not supported: this server returns exactly one choice (n=1)", "n")
-    if req.logit_bias:
-        raise bad_request("logit_bias is not supported by this server", "logit_bias")
     if req.stream_options is not None and not req.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
@@ -146,7 +175,7 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 
 def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
-              stop_ids: list[int]) -> SamplingParams:
+              prompt: ChatPrompt | None = None) -> SamplingParams:
     """SamplingParams of a request; fields it leaves out take the checkpoint's defaults (generation_config.json)."""
     if req.stop_token_ids:
         checks.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -161,11 +190,14 @@ def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | No
         max_tokens=max_tokens,
         min_tokens=req.min_tokens or 0,
         stop=_stops(req.stop),
-        stop_token_ids=[*stop_ids, *(req.stop_token_ids or [])],
+        stop_token_ids=list(req.stop_token_ids or []),
         ignore_eos=bool(req.ignore_eos),
         skip_special_tokens=req.skip_special_tokens is not False,
         seed=req.seed,
         logprobs=logprobs,
+        logit_bias=logit_bias_ids(req.logit_bias),
+        masked_token_ids=list(prompt.constraint.masked_token_ids) if prompt else [],
+        grammar=prompt.constraint.grammar if prompt else None,
     )
 
 
@@ -252,8 +284,6 @@ def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
     req = s.parse_body(s.ChatCompletionRequest, body)
     checks.check_model(req.model)
     _reject_unsupported(req)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(f"response_format type {req.response_format.type!r} is not supported (only 'text')", "response_format")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
     tools = openai_tools(req.tools)
@@ -261,12 +291,15 @@ def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
     messages = openai_messages(req.messages)
     check_tool_results(messages)
-    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
+    strict = [bool(t.function.strict) for t in req.tools or ()]
+    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs,
+                          specs=tool_specs(tools, strict, "tools"), body_schema=response_schema(req.response_format),
+                          reasoning=checks.reasoning)
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     checks.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _sampling(checks, req, max_tokens, logprobs, prompt.stop_token_ids)
+    params = _sampling(checks, req, max_tokens, logprobs, prompt)
     checks.check_engine_request(prompt.prompt_ids, params)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return PreparedChat(prompt, params, req.stream, include_usage, bool(req.logprobs))
@@ -300,7 +333,7 @@ async def _chat_full(
     finally:
         await outputs.aclose()
     last = final_output(last)
-    assembled.finish(last.stop_reason)
+    assembled.finish()
     choice = {
         "index": 0,
         "message": _message(assembled),
@@ -343,7 +376,7 @@ async def _chat_stream(
             last = out
             events = assembled.feed(out.text)
             if out.finished:
-                events += assembled.finish(out.stop_reason)
+                events += assembled.finish()
             logprobs = chat_logprobs(state.tokenizer, out.logprobs) if want_logprobs and out.logprobs else None
             deltas = [d for d in map(_delta, events) if d]
             if not deltas and logprobs is not None:
@@ -438,7 +471,7 @@ def prepare_completion(checks: RequestChecks, body: bytes) -> PreparedCompletion
                           "max_tokens")
     max_tokens = None if req.max_tokens == 0 else req.max_tokens
     checks.check_lengths(len(prompt_ids), max_tokens, "max_tokens", "prompt")
-    params = _sampling(checks, req, max_tokens, req.logprobs, [])
+    params = _sampling(checks, req, max_tokens, req.logprobs)
     checks.check_engine_request(prompt_ids, params)
     echo = checks.tokenizer.decode(prompt_ids) if req.echo else ""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)

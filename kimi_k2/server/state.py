@@ -81,7 +81,7 @@ class ServerState:
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.live_stats, model_name=self.model_name)
         checks = RequestChecks(self.tokenizer, self.model_name, self.max_model_len, self.vocab_size,
-                               dict(self.sampling_defaults), self.engine_has_tokenizer)
+                               dict(self.sampling_defaults), self.engine_has_tokenizer, self.reasoning)
         self.preparer = Preparer(checks, self.prep_processes)
 
     async def prepare(self, func: Prepare[T], body: bytes) -> T:
