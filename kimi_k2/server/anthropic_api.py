@@ -26,8 +26,10 @@ then per block `content_block_start` / `content_block_delta` (`text_delta`, `thi
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -203,18 +205,41 @@ def _usage(out: RequestOutput) -> dict[str, Any]:
 
 def _call_input(call: AssembledCall) -> dict[str, Any] | None:
     """The call's input object, or None when it cannot be a tool_use block."""
+    return _parse_input(call)[0]
+
+
+def _parse_input(call: AssembledCall) -> tuple[dict[str, Any] | None, str]:
+    """(input object, "") or (None, why it cannot be a tool_use block)."""
     if call.error:
-        return None
+        return None, call.error
     try:
-        value = json.loads(call.arguments)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        value = json.loads(call.arguments, parse_float=_json_float)
+    except json.JSONDecodeError as exc:
+        return None, f"arguments are not valid JSON ({exc.msg})"
+    except (ValueError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
+        return None, NUMBER_TOO_LARGE
+    return (value, "") if isinstance(value, dict) else (None, "arguments are not a JSON object")
+
+
+MAX_EXACT_DIGITS = 4000  # Python writes ints of up to 4300 digits
+NUMBER_TOO_LARGE = f"a number in the arguments has more than {MAX_EXACT_DIGITS} digits: no JSON response can carry it"
+
+
+def _json_float(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; one too large for a float (`1e400`, valid JSON) is a whole
+    number, kept exactly as a Python int (a float would be inf, which no JSON response can carry). Beyond
+    MAX_EXACT_DIGITS digits it raises ValueError: the call is then returned as text (`_broken_call_text`)."""
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    exact = decimal.Decimal(text)  # raises decimal.InvalidOperation past its own exponent limit
+    if exact.adjusted() > MAX_EXACT_DIGITS:
+        raise ValueError(NUMBER_TOO_LARGE)
+    return int(exact)
 
 
 def _broken_call_text(call: AssembledCall) -> str:
-    why = call.error or "arguments are not a JSON object"
-    return f"[unparsable tool call {call.id} to {call.name!r}: {why}] {call.arguments}"
+    return f"[unparsable tool call {call.id} to {call.name!r}: {_parse_input(call)[1]}] {call.arguments}"
 
 
 def _stop_reason(assembled: OutputAssembler, last: RequestOutput) -> tuple[str, str | None]:
