@@ -41,6 +41,7 @@ def test_vectorised_bitmask_matches_the_per_token_definition(vocab):
     apply_token_bitmask_reference(slow, bitmask)
     assert torch.equal(fast, slow)
     assert unpack_bitmask(bitmask, vocab).shape == (3, vocab)
+    assert torch.equal(torch.from_numpy(unpack_bitmask(bitmask, vocab)).bool(), fast[:, :vocab] > float("-inf"))
 
 
 def test_logit_bias_forces_and_bans_tokens(llm, byte_tokenizer):
