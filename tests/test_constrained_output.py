@@ -245,3 +245,15 @@ def test_anthropic_tool_choice_values(srv, claude):
     assert uses(auto) and all(n == "calculator" for n, _ in uses(auto))
     no_tools = _anthropic(claude, srv, None, None)
     assert uses(no_tools) == [] and not any(m in b.text for b in no_tools.content if b.type == "text" for m in TOOL_MARKERS)
+
+
+def test_n_samples_are_independent_and_each_one_valid(srv, oai):
+    schema = SCHEMAS[7]  # tags: 1-3 bounded strings
+    kwargs = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "n"}], max_tokens=MAX_TOKENS, temperature=1.0,
+                  seed=11, response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    many = oai.chat.completions.create(n=4, **kwargs)
+    texts = [c.message.content for c in many.choices]
+    for text in texts:
+        jsonschema.validate(json.loads(text), schema)
+    assert len(set(texts)) >= 3  # noise: independent samples differ
+    assert oai.chat.completions.create(**kwargs).choices[0].message.content == texts[0]  # choice 0 is the n=1 sample

@@ -363,6 +363,41 @@ def test_logit_bias_and_json_response_format(srv, client, prompts):
     assert prompts[-1][1].logit_bias == {last: -100.0} and "%json" in prompts[-1][1].grammar
 
 
+def test_n_choices_chat_and_completions_streamed_or_not(srv, client):
+    srv.script("Same words.")
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("n please")], n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert {c.message.content for c in reply.choices} == {"Same words."}
+    one = len(srv.tok.encode("Same words.")) + 1
+    assert reply.usage.completion_tokens == 3 * one and reply.usage.prompt_tokens == len(srv.tok.apply_chat_template([user("n please")]))
+    texts, finishes = {}, {}
+    for chunk in client.chat.completions.create(model=MODEL_NAME, messages=[user("n please")], n=2, stream=True,
+                                                stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            finishes[c.index] = c.finish_reason or finishes.get(c.index)
+        if chunk.usage:
+            assert chunk.usage.completion_tokens == 2 * one
+    assert texts == {0: "Same words.", 1: "Same words."} and finishes == {0: "stop", 1: "stop"}
+    prompt = "<|im_assistant|>assistant<|im_middle|>"
+    completion = client.completions.create(model=MODEL_NAME, prompt=prompt, n=2, max_tokens=10)
+    assert [c.text for c in completion.choices] == ["Same words.", "Same words."]
+    streamed = {}
+    for chunk in client.completions.create(model=MODEL_NAME, prompt=prompt, n=2, max_tokens=10, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed == {0: "Same words.", 1: "Same words."}
+
+
+def test_n_choices_share_the_prompt_through_the_prefix_cache(srv, client):
+    srv.script("ok")
+    long_prompt = [{"role": "system", "content": "Share this prefix among the choices, please. " * 6}, user("go")]
+    before = srv.stats().prefix_cache_hits
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=long_prompt, n=4)
+    full_blocks = (reply.usage.prompt_tokens - 1) // 16 * 16
+    assert full_blocks >= 32 and srv.stats().prefix_cache_hits - before >= 3 * full_blocks
+
+
 # ------------------------------------------------------------------------------------------------ completions
 def test_completions_with_text_and_token_ids(srv, client):
     srv.script("the answer")
@@ -387,7 +422,7 @@ def test_models_endpoint(srv, client):
     ("kwargs", "status", "needle"),
     [
         ({"model": "gpt-4"}, 404, "model 'gpt-4' not found"),
-        ({"n": 2}, 400, "n=2 is not supported"),
+        ({"n": 17}, 400, "n=17: must be in [1, 16]"),
         ({"max_tokens": 10_000}, 400, "max_tokens=10000 is too large"),
         ({"max_tokens": 0}, 400, "max_tokens=0"),
         ({"temperature": 5}, 400, "temperature"),
