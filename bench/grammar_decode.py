@@ -5,7 +5,9 @@ The `medium` preset with random weights (fp32) and a synthetic tokenizer of the 
 instance is longer than any run (an array of at least 1,000 strings), so every run decodes exactly
 `--new-tokens` tokens under the grammar, like the free runs (`ignore_eos`). Both modes sample (temperature 1,
 fixed seeds); rounds alternate free / grammar so a change of machine load hits both, and the best round of
-each is reported (decode tok/s = tokens after the first ÷ time after the first, summed over the batch).
+each is reported (decode tok/s = tokens after the first ÷ time after the first, summed over the batch). On a
+loaded machine the two columns move with the load more than with the grammar, so the grammar's own cost is
+measured too: the time spent in the logits hook (masks, their application, feeding the grammar) per step.
 
 Usage:  python bench/grammar_decode.py [--preset medium] [--threads N] [--rounds 3] [--new-tokens 64]
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grammar_mask import machine, synthetic_ranks  # noqa: E402
 
+import kimi_k2.engine.core as engine_core  # noqa: E402
 from kimi_k2.config import preset  # noqa: E402
 from kimi_k2.engine.core import EngineCore  # noqa: E402
 from kimi_k2.engine.sampling_params import SamplingParams  # noqa: E402
@@ -34,6 +37,23 @@ from kimi_k2.tokenizer.tokenizer import Tokenizer  # noqa: E402
 
 LONG_SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}, "minItems": 1000}},
                "required": ["items"], "additionalProperties": False}
+
+
+HOOK_SECONDS = [0.0]  # time inside the logits hook's two calls (apply_hooks, advance)
+
+
+def _timed(func):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            HOOK_SECONDS[0] += time.perf_counter() - start
+    return wrapper
+
+
+engine_core.apply_hooks = _timed(engine_core.apply_hooks)
+engine_core.advance = _timed(engine_core.advance)
 
 
 def decode_tok_s(core: EngineCore, prompts: list[list[int]], params: SamplingParams) -> float:
@@ -70,17 +90,21 @@ def main() -> int:
     print(f"machine: {machine()} ({torch.get_num_threads()} torch threads)")
     print(f"model: {args.preset} preset, random fp32 weights, vocabulary {cfg.vocab_size}; {args.new_tokens} new tokens, "
           f"best of {args.rounds} alternating rounds\n")
-    print(f"{'batch':>5} {'free tok/s':>11} {'grammar tok/s':>14} {'slower':>7}")
+    print(f"{'batch':>5} {'free tok/s':>11} {'grammar tok/s':>14} {'slower':>7} {'hook ms/step':>13} {'step ms':>8}")
     for batch in (1, 16):
         prompts = [torch.randint(0, tok.base_vocab_size, (64,), generator=gen).tolist() for _ in range(batch)]
         best = {"free": 0.0, "grammar": 0.0}
+        steps_before, HOOK_SECONDS[0] = core.stats().num_steps, 0.0
         for rnd in range(args.rounds):
             for mode in ("free", "grammar"):
                 params = SamplingParams(temperature=1.0, seed=rnd, max_tokens=args.new_tokens, ignore_eos=True,
                                         grammar=grammar if mode == "grammar" else None)
                 best[mode] = max(best[mode], decode_tok_s(core, prompts, params))
+        grammar_steps = (core.stats().num_steps - steps_before) / 2  # half the steps ran the grammar
         slower = 1 - best["grammar"] / best["free"]
-        print(f"{batch:5d} {best['free']:11.1f} {best['grammar']:14.1f} {slower:7.1%}")
+        hook_ms = HOOK_SECONDS[0] / grammar_steps * 1e3
+        print(f"{batch:5d} {best['free']:11.1f} {best['grammar']:14.1f} {slower:7.1%} {hook_ms:13.2f} "
+              f"{batch / best['free'] * 1e3:8.1f}")
     return 0
 
 

@@ -12,7 +12,7 @@ without a leading space, capitalised, digits, CJK, punctuation runs such as `":`
 K2's 256 special tokens. Mask cost depends on how the tokens share prefixes, so the official file is the
 number to trust; the synthetic one keeps the size and the kinds of tokens.
 
-Usage:  python bench/grammar_mask.py [--tiktoken PATH] [--steps 64]   (needs `pip install .[grammar-bench]`)
+Usage:  python bench/grammar_mask.py [--tiktoken PATH] [--steps 64] [--threads 1]   (needs `pip install .[grammar-bench]`)
 """
 
 from __future__ import annotations
@@ -175,7 +175,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiktoken", help="the official tiktoken.model (or its directory); default: a synthetic vocabulary")
     ap.add_argument("--steps", type=int, default=64, help="tokens of the instance to walk (at most its length)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the mask apply; the libraries use their own)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     tok = k2_sized_tokenizer(args.tiktoken)
     text = json.dumps(INSTANCE, ensure_ascii=False)
     tokens = tok.encode(text)[: args.steps]

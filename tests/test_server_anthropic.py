@@ -182,6 +182,17 @@ def test_prefill_continues_the_assistant_message(srv, client, prompts):
     assert message.content[0].text == " 42"
 
 
+def test_prefill_ending_inside_think_continues_as_reasoning(srv, client, prompts):
+    srv.script('<think>still { weighing</think>{"n": 4}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    message = client.messages.create(model=MODEL_NAME, max_tokens=50, output_config={"format": {"type": "json_schema", "schema": schema}},
+                                     messages=[user("x"), {"role": "assistant", "content": "<think>"}])
+    assert srv.tok.decode(prompts[-1][0]).endswith("<|im_middle|><think>")
+    assert prompts[-1][1].grammar.startswith("start: REASONING? ")  # the grammar starts inside the reasoning
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "still { weighing" and json.loads(message.content[1].text) == {"n": 4}
+
+
 def test_newer_request_fields_are_accepted(srv, client, prompts):
     srv.script("fine")
     message = client.messages.create(

@@ -353,6 +353,24 @@ def test_unclosed_think_then_call_comes_back_as_a_call(srv, client):
     assert reasoning == "I need the weather" and calls == {0: '{"city": "Oslo"}'}
 
 
+def test_the_grammar_leaves_reasoning_free_and_constrains_the_answer(srv, client):
+    srv.script('<think>free { "not json</think>{"city": "Rome"}')
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    for stream in (False, True):
+        kwargs = dict(model=MODEL_NAME, messages=[user("x")],
+                      response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}})
+        if not stream:
+            message = client.chat.completions.create(**kwargs).choices[0].message
+            reasoning, content = message.model_extra["reasoning_content"], message.content
+        else:
+            reasoning = content = ""
+            for chunk in client.chat.completions.create(stream=True, **kwargs):
+                delta = chunk.choices[0].delta
+                reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+                content += delta.content or ""
+        assert reasoning == 'free { "not json' and json.loads(content) == {"city": "Rome"}
+
+
 def test_logit_bias_and_json_response_format(srv, client, prompts):
     srv.script('{"city": "Rome"}')
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

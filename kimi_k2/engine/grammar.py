@@ -25,6 +25,7 @@ import torch
 from kimi_k2.engine.token_bitmask import allocate_bitmask
 
 DEFAULT_CACHE_SIZE = 256  # compiled grammars kept (a grammar is a few hundred KB at most)
+PARALLEL_FROM = 4  # constrained rows from which a step's masks go to llguidance's thread pool
 
 
 class GrammarError(ValueError):
@@ -51,6 +52,7 @@ class GrammarCompiler:
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._cache_size = cache_size
         self._executor = llguidance.LLExecutor(threads)
+        self.parallel_from = PARALLEL_FROM
         self.compiled = 0  # grammars compiled (not served from the cache)
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
@@ -70,8 +72,13 @@ class GrammarCompiler:
     def fill_bitmasks(self, matchers: Sequence[llguidance.LLMatcher]) -> torch.Tensor:
         """The next-token bitmask of each matcher: int32 (N, ceil(V / 32))."""
         bitmask = allocate_bitmask(len(matchers), self.vocab_size)  # contiguous; llguidance writes every word
+        row_bytes = bitmask.shape[1] * 4
+        if len(matchers) < self.parallel_from:  # in this thread: no hand-off to the pool, no pool thread spinning
+            for i, m in enumerate(matchers):
+                m.unsafe_compute_mask_ptr(bitmask.data_ptr() + i * row_bytes, row_bytes)
+            return bitmask
         # (llguidance.torch's wrapper of this call imports torch._dynamo: seconds of start-up for one line)
         self._executor.unsafe_compute_mask_ptr(
-            [(m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(), bitmask.shape[1] * 4, bitmask.shape[0]
+            [(m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(), row_bytes, bitmask.shape[0]
         )
         return bitmask
