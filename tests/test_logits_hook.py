@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from kimi_k2.engine.grammar import GrammarError, validate_grammar
+from kimi_k2.engine.grammar import GrammarError
 from kimi_k2.engine.llm import LLM
 from kimi_k2.engine.sampling_params import SamplingParams
 from kimi_k2.engine.token_bitmask import apply_token_bitmask, apply_token_bitmask_reference, unpack_bitmask
@@ -62,8 +62,9 @@ def test_out_of_range_hook_fields_name_the_field(llm):
         llm.generate([1, 2], SamplingParams(logit_bias={9999: 1}))
     with pytest.raises(ValueError, match="masked_token_ids: token id 9999"):
         llm.generate([1, 2], SamplingParams(masked_token_ids=[9999]))
-    with pytest.raises(GrammarError, match="grammar"):
-        validate_grammar("start: undefined_rule")
+    with pytest.raises(GrammarError, match="grammar: .*undefined_rule"):
+        llm.generate([1, 2], SamplingParams(grammar="start: undefined_rule"))
+    assert llm.engine.num_requests == 0  # refused before it was scheduled
 
 
 def test_grammar_output_is_valid_json_and_grammars_compile_once(llm):
