@@ -106,9 +106,9 @@ def _finished_objects(texts_and_finishes) -> int:
 
 
 def test_json_object_and_the_schema_grammar_is_compiled_once(srv, oai):
-    replies = [oai.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}], seed=seed,
-                                           temperature=1.0, max_tokens=UNBOUNDED_MAX_TOKENS,
-                                           response_format={"type": "json_object"}).choices[0] for seed in range(4)]
+    replies = oai.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}], seed=0, n=4,
+                                          temperature=1.0, max_tokens=UNBOUNDED_MAX_TOKENS,
+                                          response_format={"type": "json_object"}).choices
     assert _finished_objects([(r.message.content, r.finish_reason) for r in replies]) >= 2
     compiler = srv.engine.llm.engine.grammar_compiler()
     before = compiler.compiled
@@ -151,37 +151,41 @@ def _tool(name: str, schema: dict, strict: bool = True) -> dict:
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_tool_choice_values(srv, oai, stream):
     calc, weather = _tool("calculator", CALCULATOR), _tool("get_weather", WEATHER)
-    # auto, only calculator declared, the model pushed to call: a call can only name calculator
-    content, calls, finish = _openai_calls(oai, srv, [calc], "auto", stream=stream)
-    assert calls and {n for n, _ in calls} == {"calculator"} and finish == "tool_calls"
-    for _, args in calls:
-        jsonschema.validate(json.loads(args), CALCULATOR)
-    # no tools at all: no call can start, however hard the model is pushed
-    content, calls, finish = _openai_calls(oai, srv, None, None, stream=stream)
-    assert calls == [] and finish in ("stop", "length") and not any(m in content for m in TOOL_MARKERS)
-    # none: an answer in text
-    content, calls, finish = _openai_calls(oai, srv, [calc, weather], "none", stream=stream)
-    assert calls == [] and finish in ("stop", "length") and not any(m in content for m in TOOL_MARKERS)
-    # required, without any push: at least one call, each to a declared tool with valid arguments
-    content, calls, finish = _openai_calls(oai, srv, [calc, weather], "required", stream=stream, bias=())
-    assert calls and finish == "tool_calls" and content == ""
-    for name, args in calls:
-        jsonschema.validate(json.loads(args), {"calculator": CALCULATOR, "get_weather": WEATHER}[name])
-    # a named function: exactly that one
     named = {"type": "function", "function": {"name": "get_weather"}}
-    content, calls, finish = _openai_calls(oai, srv, [calc, weather], named, stream=stream, bias=(), parallel=False)
-    assert [n for n, _ in calls] == ["get_weather"]
-    jsonschema.validate(json.loads(calls[0][1]), WEATHER)
-    # parallel_tool_calls false: one call, even pushed towards more
-    content, calls, finish = _openai_calls(oai, srv, [calc, weather], "required", parallel=False, stream=stream,
-                                           bias=(TOOL_CALL_BEGIN,))
+    cases = {
+        "auto_calc_only": ([calc], "auto", {}),  # the model pushed to call: a call can only name calculator
+        "no_tools": (None, None, {}),  # no call can start, however hard the model is pushed
+        "none": ([calc, weather], "none", {}),  # an answer in text
+        "required": ([calc, weather], "required", {"bias": ()}),  # no push: still at least one call
+        "named": ([calc, weather], named, {"bias": (TOOL_CALL_BEGIN,)}),  # exactly one call to it, pushed for more
+        "one_call": ([calc, weather], "required", {"parallel": False, "bias": (TOOL_CALL_BEGIN,)}),
+    }
+    with ThreadPoolExecutor(6) as pool:  # concurrent: one batch
+        futures = {k: pool.submit(_openai_calls, oai, srv, tools, choice, stream=stream, **kw)
+                   for k, (tools, choice, kw) in cases.items()}
+        out = {k: f.result() for k, f in futures.items()}
+    schemas = {"calculator": CALCULATOR, "get_weather": WEATHER}
+    content, calls, finish = out["auto_calc_only"]
+    assert calls and {n for n, _ in calls} == {"calculator"} and finish == "tool_calls"
+    for key in ("no_tools", "none"):
+        content, calls, finish = out[key]
+        assert calls == [] and finish in ("stop", "length") and not any(m in content for m in TOOL_MARKERS), key
+    content, calls, finish = out["required"]
+    assert calls and finish == "tool_calls" and content == ""
+    content, calls, finish = out["named"]
+    assert [n for n, _ in calls] == ["get_weather"] and finish == "tool_calls"
+    content, calls, finish = out["one_call"]
     assert len(calls) == 1 and finish == "tool_calls"
+    for key in ("auto_calc_only", "required", "named", "one_call"):
+        for name, args in out[key][1]:
+            jsonschema.validate(json.loads(args), schemas[name])
 
 
 def test_openai_non_strict_tool_arguments_are_a_json_object(srv, oai):
     loose = {"type": "function", "function": {"name": "anything", "parameters": {"type": "object"}}}
-    replies = [_openai_calls(oai, srv, [loose], "required", seed=seed, bias=(), max_tokens=UNBOUNDED_MAX_TOKENS,
-                             parallel=False) for seed in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda seed: _openai_calls(oai, srv, [loose], "required", seed=seed, bias=(),
+                                                           max_tokens=UNBOUNDED_MAX_TOKENS, parallel=False), range(4)))
     assert all(calls and {n for n, _ in calls} == {"anything"} for _, calls, _ in replies)
     assert _finished_objects([(args, finish) for _, calls, finish in replies for _, args in calls[:1]]) >= 2
 

@@ -11,7 +11,7 @@ The reply's grammar (one alternative per line of `start`):
     REASONING? </think> answer | REASONING? calls     ("open": the prompt ends inside a prefilled <think>)
 
 where `answer` is, by tool_choice: `none` → body; `auto` → body, or optional text then calls;
-`required` / a named function → calls. `body` is free text, or the JSON of `response_format`. `calls` is
+`required` → calls; a named function → exactly one call, to it. `body` is free text, or the JSON of `response_format`. `calls` is
 `<|tool_calls_section_begin|> call+ <|tool_calls_section_end|>` (one call when parallel calls are off), a call
 is `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>ARGUMENTS<|tool_call_end|>` with NAME one
 of the declared (or the named) tools and ARGUMENTS the tool's parameter schema when it is strict, else any JSON
@@ -109,7 +109,7 @@ def output_grammar(
               "open": [f"REASONING? {think_end} answer"] + (["REASONING? calls"] if calls else [])}[reasoning]
     rules.insert(0, "start: " + " | ".join(starts))
     if calls:
-        rules += _calls_rules(tokenizer, tools, parallel)
+        rules += _calls_rules(tokenizer, tools, parallel and mode != "function")  # a named function: one call
     rules += ["TEXT: /(?s:.+)/", "REASONING: /(?s:.+)/"]
     return "\n".join(rules) + "\n"
 
