@@ -8,7 +8,7 @@ results are checked to answer an earlier call, client tool-call ids are mapped t
 
 tool_choice (K2 has no native switch, so it is enforced at decode time, `constraints.py`): `auto` lets the
 model answer or call, but only a declared tool; `none` leaves the tools out of the prompt and masks the
-tool-call markers; `required` allows only calls, a named function only a call to it; with parallel calls off
+tool-call markers; `required` allows only calls, a named function exactly one call to it; with parallel calls off
 (`parallel_tool_calls: false`, `disable_parallel_tool_use`) a section holds one call. With no tools, no call
 can start. `response_format` JSON is the body of the answer, tools with `strict` constrain their arguments.
 The constraint travels to the engine in the request's SamplingParams (a grammar text, or masked token ids).
