@@ -100,3 +100,16 @@ def test_logprobs_report_the_raw_distribution_under_a_hook(llm):
     out = llm.generate("abc", biased)[0]
     assert out.token_ids == [other]
     assert out.logprobs[0].top == plain.logprobs[0].top  # the model's own alternatives, not the biased ones
+
+
+def test_grammar_state_survives_preemption(byte_tokenizer):
+    # 10 blocks of 4 tokens for 4 sequences that each need ~6: the scheduler must preempt and recompute; the
+    # grammar is fed each sampled token once, so a recomputed sequence goes on where its grammar is
+    small = LLM(tiny_model(seed=3), tokenizer=byte_tokenizer, num_kv_blocks=10, block_size=4, max_num_seqs=4)
+    grammar = 'start: %json{"type": "array", "items": {"enum": ["ab", "cd"]}, "minItems": 5, "maxItems": 5, ' \
+              '"x-guidance": {"whitespace_flexible": false}}'
+    outs = small.generate(["p1", "p2", "p3", "p4"], SamplingParams(temperature=1.0, seed=9, max_tokens=30, grammar=grammar))
+    assert small.stats().num_preemptions > 0
+    for out in outs:
+        value = json.loads(out.text)
+        assert len(value) == 5 and set(value) <= {"ab", "cd"} and out.finish_reason == "stop"
