@@ -407,6 +407,16 @@ def test_n_choices_chat_and_completions_streamed_or_not(srv, client):
     assert streamed == {0: "Same words.", 1: "Same words."}
 
 
+def test_completions_take_logit_bias(srv, client, prompts):
+    srv.script("the answer")
+    prompt = "<|im_assistant|>assistant<|im_middle|>"
+    banned = srv.tok.encode("the answer")[0]
+    reply = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=3, temperature=0,
+                                      logit_bias={str(banned): -100})
+    assert prompts[-1][1].logit_bias == {banned: -100.0}
+    assert not reply.choices[0].text.startswith("the answer")  # the scripted first token was pushed out
+
+
 def test_n_choices_share_the_prompt_through_the_prefix_cache(srv, client):
     srv.script("ok")
     long_prompt = [{"role": "system", "content": "Share this prefix among the choices, please. " * 6}, user("go")]
