@@ -2,14 +2,16 @@
 
 Why llguidance (the measurement is in docs/server.md, `bench/grammar_mask.py`): its masks cost ~10-25 µs per
 step for one sequence and ~0.1-0.2 ms for 16 on K2's 163,840-token vocabulary, with no ahead-of-time
-compilation of a schema (2 ms, xgrammar's 35-40 ms), its Lark grammars name special tokens directly (`<[163595]>` is `<|tool_calls_section_begin|>`, which
-K2's tool-call format needs: the markers are single special tokens, and free text can never produce one), and
-it embeds JSON schemas in a grammar (`%json{…}`), so a tool call's arguments and a reply's JSON are one grammar.
+compilation of a schema (2 ms, xgrammar's 35-40 ms); its Lark grammars name special tokens directly
+(`<[163595]>` is `<|tool_calls_section_begin|>`, which K2's tool-call format needs: the markers are single
+special tokens, and free text can never produce one); and it embeds JSON schemas in a grammar (`%json{…}`),
+so a tool call's arguments and a reply's JSON are one grammar.
 
 `GrammarCompiler` turns a grammar text into a matcher template (cached by text, LRU) and gives each request its
 own copy (`LLMatcher.deep_copy`: the compiled lexer and grammar are shared). The end of the grammar is the
 engine's stop tokens (`<|im_end|>`, `[EOS]`): once the grammar is complete, only those can be sampled.
-`fill_bitmasks` computes the masks of all constrained rows of a step in one call (llguidance's thread pool).
+`fill_bitmasks` computes the masks of all constrained rows of a step in one call (llguidance's thread pool from
+PARALLEL_FROM rows; fewer in the calling thread, where a hand-off to the pool costs more than it saves).
 """
 
 from __future__ import annotations
