@@ -67,23 +67,37 @@ class ScriptedServer:
 def scripted_server(
     tok: Tokenizer,
     *,
+    delay_s: float = 0.0,
+    **options: Any,
+) -> Iterator[ScriptedServer]:
+    """`options`: `model_server` keywords (limits, generation_config, more `server_state` keywords)."""
+    trigger = tok.encode(ASSISTANT_HEADER, allow_special=True)
+    model = ScriptedModel(scripted_config(tok.vocab_size), trigger, [], tok.im_end_id, delay_s).eval()
+    with model_server(tok, model, runner="reference", **options) as server:
+        yield server
+
+
+@contextmanager
+def model_server(
+    tok: Tokenizer,
+    model: Any,
+    *,
+    runner: str = "fast",
     api_key: str | None = None,
     max_queue: int = 16,
     max_num_seqs: int = 8,
     num_kv_blocks: int = 256,
     max_model_len: int = 1024,
-    delay_s: float = 0.0,
     drain_s: float = 2.0,
     generation_config: dict[str, Any] | None = None,
     **state_options: Any,
 ) -> Iterator[ScriptedServer]:
-    """`state_options`: more `server_state` keywords (max_request_bytes, allowed_origins, ...)."""
-    trigger = tok.encode(ASSISTANT_HEADER, allow_special=True)
-    model = ScriptedModel(scripted_config(tok.vocab_size), trigger, [], tok.im_end_id, delay_s).eval()
+    """A live server over `model` (the scripted one, or random weights). `state_options`: more `server_state`
+    keywords (max_request_bytes, allowed_origins, reasoning, ...)."""
     llm = LLM(
         model,
         tokenizer=tok,
-        runner="reference",
+        runner=runner,
         num_kv_blocks=num_kv_blocks,
         block_size=16,
         max_num_seqs=max_num_seqs,

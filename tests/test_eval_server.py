@@ -54,8 +54,13 @@ def results(server):
 def test_tools_eval_on_the_built_in_model(results):
     t = results["totals"]
     assert t["failed_requests"] == 0 and t["skipped"] == 0 and t["follow_ups_refused"] == 0
-    # what the endpoint does wrong: nothing (the model's own mistakes are undeclared names and indices)
-    assert (t["json_errors"], t["schema_errors"], t["id_errors"], t["finish_mismatch"]) == (0, 0, 0, 0)
+    # what the endpoint does wrong: nothing. The model's own mistakes are call indices and the arguments of tools
+    # it never learned (it writes its habitual {"city": ...}): the grammar lets a call name only a declared tool,
+    # so what used to be an undeclared name is now a declared, non-strict tool with arguments off its schema
+    assert (t["json_errors"], t["undeclared"], t["id_errors"], t["finish_mismatch"]) == (0, 0, 0, 0)
+    demo_tools = {"get_weather", "calculator", "convert_units", "get_time"}
+    off_schema = [c["name"] for r in results["requests"] for c in r["calls"] if "schema_errors" in c["problems"]]
+    assert len(off_schema) == t["schema_errors"] and not set(off_schema) & demo_tools
     assert t["decision"]["recall"] == 1.0
     rows = {r["key"]: r for r in results["requests"]}
     first = rows["weather-single#1"]["calls"]

@@ -121,7 +121,7 @@ def test_tool_choice_any_and_named(srv, client, prompts):
     srv.script(call_markup(("functions.get_weather:0", '{"city": "Rome"}')))
     message = client.messages.create(model=MODEL_NAME, max_tokens=50, tools=[WEATHER], messages=[user("x")],
                                      tool_choice={"type": "tool", "name": "get_weather"})
-    assert srv.tok.decode(prompts[-1][0]).endswith("functions.get_weather:0<|tool_call_argument_begin|>")
+    assert '"functions.get_weather:"' in prompts[-1][1].grammar  # a grammar, not a prefill
     assert message.content[0].input == {"city": "Rome"} and message.stop_reason == "tool_use"
     message = client.messages.create(model=MODEL_NAME, max_tokens=50, tools=[WEATHER], messages=[user("x")],
                                      tool_choice={"type": "any"})
@@ -129,16 +129,32 @@ def test_tool_choice_any_and_named(srv, client, prompts):
 
 
 def test_broken_tool_call_becomes_text_not_tool_use(srv, client):
-    srv.script(call_markup(("functions.get_weather:0", '{"city": "Ro')))
+    # under the grammar a call can only be broken by max_tokens: cut two tokens after '"Ro' (too few to close it)
+    cut = call_markup(("functions.get_weather:0", '{"city": "Ro'))
+    srv.script(cut)
+    max_tokens = len(srv.tok.encode(cut.removesuffix("<|tool_call_end|><|tool_calls_section_end|>"), allow_special=True)) + 2
     for stream in (False, True):
         if stream:
-            with client.messages.stream(model=MODEL_NAME, max_tokens=50, tools=[WEATHER], messages=[user("x")]) as s:
+            with client.messages.stream(model=MODEL_NAME, max_tokens=max_tokens, tools=[WEATHER], messages=[user("x")]) as s:
                 message = s.get_final_message()
         else:
-            message = client.messages.create(model=MODEL_NAME, max_tokens=50, tools=[WEATHER], messages=[user("x")])
-        assert [b.type for b in message.content] == ["text"] and message.stop_reason == "end_turn"
+            message = client.messages.create(model=MODEL_NAME, max_tokens=max_tokens, tools=[WEATHER], messages=[user("x")])
+        assert [b.type for b in message.content] == ["text"] and message.stop_reason == "max_tokens"
         assert "unparsable tool call functions.get_weather:0" in message.content[0].text
         assert '{"city": "Ro' in message.content[0].text
+
+
+def test_structured_output_and_none_in_the_anthropic_api(srv, client, prompts):
+    srv.script('{"n": 4}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    message = client.messages.create(model=MODEL_NAME, max_tokens=20, messages=[user("x")],
+                                     output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert json.loads(message.content[0].text) == {"n": 4} and "%json" in prompts[-1][1].grammar
+    srv.script("Fine." + call_markup(("functions.get_weather:0", '{"city": "Rome"}')))
+    none = client.messages.create(model=MODEL_NAME, max_tokens=20, tools=[WEATHER], messages=[user("x")],
+                                  tool_choice={"type": "none"})
+    assert [b.type for b in none.content] == ["text"] and none.content[0].text.startswith("Fine.")
+    assert "<|tool_call" not in none.content[0].text
 
 
 def test_thinking_block_from_reasoning(srv, client):
@@ -164,6 +180,17 @@ def test_prefill_continues_the_assistant_message(srv, client, prompts):
                                      messages=[user("x"), {"role": "assistant", "content": "The answer:"}])
     assert srv.tok.decode(prompts[-1][0]).endswith("<|im_assistant|>assistant<|im_middle|>The answer:")
     assert message.content[0].text == " 42"
+
+
+def test_prefill_ending_inside_think_continues_as_reasoning(srv, client, prompts):
+    srv.script('<think>still { weighing</think>{"n": 4}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    message = client.messages.create(model=MODEL_NAME, max_tokens=50, output_config={"format": {"type": "json_schema", "schema": schema}},
+                                     messages=[user("x"), {"role": "assistant", "content": "<think>"}])
+    assert srv.tok.decode(prompts[-1][0]).endswith("<|im_middle|><think>")
+    assert prompts[-1][1].grammar.startswith("start: REASONING? ")  # the grammar starts inside the reasoning
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "still { weighing" and json.loads(message.content[1].text) == {"n": 4}
 
 
 def test_newer_request_fields_are_accepted(srv, client, prompts):
@@ -197,8 +224,9 @@ def test_count_tokens_matches_the_prompt(srv, client, prompts):
         ({"model": "claude-3"}, 404, "not_found_error", "model 'claude-3' not found"),
         ({"max_tokens": 100_000}, 400, "invalid_request_error", "max_tokens=100000 is too large"),
         ({"extra_body": {"temperature": 1.5}}, 400, "invalid_request_error", "temperature"),
-        ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, 400, "invalid_request_error",
-         "structured outputs"),
+        ({"output_config": {"format": {"type": "json_schema"}}}, 400, "invalid_request_error", "output_config.format"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object", "propertyNames": {}}, "strict": True}]}, 400,
+         "invalid_request_error", "tools[0].input_schema: this JSON schema cannot be enforced"),
         ({"tools": [{"name": "f", "input_schema": {"type": "array"}}]}, 400, "invalid_request_error", "must be a JSON object"),
         ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, 400, "invalid_request_error", "not supported"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "r"}]}]},

@@ -286,37 +286,144 @@ def test_tool_call_ids_round_trip_over_several_turns(srv, client, prompts):
 
 
 def test_tool_choice_named_forces_that_call(srv, client, prompts):
-    # the prompt is prefilled up to the arguments: the model writes only them
+    # a grammar, not a prefill: the model writes the whole call, and only a call to get_time can be written
     srv.script(call_markup(("functions.get_time:0", '{"zone": "UTC"}')))
     reply = client.chat.completions.create(
         model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL, TIME_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
     )
-    assert srv.tok.decode(prompts[-1][0]).endswith(
-        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_time:0<|tool_call_argument_begin|>")
+    prompt_ids, params = prompts[-1]
+    assert srv.tok.decode(prompt_ids).endswith("<|im_assistant|>assistant<|im_middle|>")
+    assert '"functions.get_time:"' in params.grammar and "get_weather" not in params.grammar
     (call,) = reply.choices[0].message.tool_calls
     assert (call.id, call.function.name, call.function.arguments) == ("functions.get_time:0", "get_time", '{"zone": "UTC"}')
-    assert reply.usage.completion_tokens < len(srv.tok.encode(call_markup(("functions.get_time:0", '{"zone": "UTC"}')), allow_special=True))
 
 
 def test_tool_choice_required_and_none(srv, client, prompts):
-    srv.script("Sure." + call_markup(("functions.get_weather:0", '{"city": "Rome"}')))
+    srv.script(call_markup(("functions.get_weather:0", '{"city": "Rome"}')))
     required = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL], tool_choice="required")
-    assert srv.tok.decode(prompts[-1][0]).endswith("<|im_middle|><|tool_calls_section_begin|>")
-    assert required.choices[0].finish_reason == "tool_calls"
+    assert required.choices[0].finish_reason == "tool_calls" and prompts[-1][1].grammar is not None
 
+    srv.script("Sure." + call_markup(("functions.get_weather:0", '{"city": "Rome"}')))
     none = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL], tool_choice="none")
-    assert none.choices[0].message.content == "Sure." and none.choices[0].message.tool_calls is None
-    assert none.choices[0].finish_reason == "stop"
+    # the markers are masked: where the script wanted to open a call, the model had to write something else
+    assert none.choices[0].message.content.startswith("Sure.") and none.choices[0].message.tool_calls is None
+    assert "<|tool_call" not in none.choices[0].message.content
+    assert none.choices[0].finish_reason in ("stop", "length")
     assert "tool_declare" not in srv.tok.decode(prompts[-1][0])
+    assert prompts[-1][1].grammar is None and srv.tok.token_to_id("<|tool_calls_section_begin|>") in prompts[-1][1].masked_token_ids
 
 
 def test_parallel_tool_calls_false_returns_one_call(srv, client):
+    # the script's second call is refused by the grammar: after one call only the section end can follow
     srv.script(call_markup(("functions.get_weather:0", '{"city": "A"}'), ("functions.get_weather:1", '{"city": "B"}')))
     reply = client.chat.completions.create(
         model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL], parallel_tool_calls=False)
     (call,) = reply.choices[0].message.tool_calls
     assert (call.id, call.function.arguments, reply.choices[0].finish_reason) == ("functions.get_weather:0", '{"city": "A"}', "tool_calls")
+
+
+def test_undeclared_tool_name_cannot_be_produced(srv, client):
+    # the script calls get_weather, but only get_time is declared: the name is forced to the declared one
+    srv.script(call_markup(("functions.get_weather:0", '{"city": "A"}')))
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], tools=[TIME_TOOL], temperature=0,
+                                           max_tokens=60)
+    assert all(c.function.name == "get_time" for c in reply.choices[0].message.tool_calls or [])
+    srv.script(call_markup(("functions.get_weather:0", '{"city": "A"}')))
+    bare = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], temperature=0, max_tokens=20)
+    assert bare.choices[0].message.tool_calls is None and "<|tool_call" not in (bare.choices[0].message.content or "")
+
+
+def test_unclosed_think_then_call_comes_back_as_a_call(srv, client):
+    reply_text = "<think>I need the weather" + call_markup(("functions.get_weather:0", '{"city": "Oslo"}'))
+    srv.script(reply_text)
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL])
+    message = reply.choices[0].message
+    assert message.model_extra["reasoning_content"] == "I need the weather" and not message.content
+    (call,) = message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Oslo"}')
+    srv.script(reply_text)
+    reasoning, calls = "", {}
+    for chunk in client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], tools=[WEATHER_TOOL], stream=True):
+        delta = chunk.choices[0].delta
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        assert not delta.content
+        for c in delta.tool_calls or []:
+            calls[c.index] = calls.get(c.index, "") + (c.function.arguments or "")
+    assert reasoning == "I need the weather" and calls == {0: '{"city": "Oslo"}'}
+
+
+def test_the_grammar_leaves_reasoning_free_and_constrains_the_answer(srv, client):
+    srv.script('<think>free { "not json</think>{"city": "Rome"}')
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    for stream in (False, True):
+        kwargs = dict(model=MODEL_NAME, messages=[user("x")],
+                      response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}})
+        if not stream:
+            message = client.chat.completions.create(**kwargs).choices[0].message
+            reasoning, content = message.model_extra["reasoning_content"], message.content
+        else:
+            reasoning = content = ""
+            for chunk in client.chat.completions.create(stream=True, **kwargs):
+                delta = chunk.choices[0].delta
+                reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+                content += delta.content or ""
+        assert reasoning == 'free { "not json' and json.loads(content) == {"city": "Rome"}
+
+
+def test_logit_bias_and_json_response_format(srv, client, prompts):
+    srv.script('{"city": "Rome"}')
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    last = srv.tok.vocab_size - 1  # a reserved special token the script never writes
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("x")], logit_bias={str(last): -100},
+                                           response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}})
+    assert json.loads(reply.choices[0].message.content) == {"city": "Rome"}
+    assert prompts[-1][1].logit_bias == {last: -100.0} and "%json" in prompts[-1][1].grammar
+
+
+def test_n_choices_chat_and_completions_streamed_or_not(srv, client):
+    srv.script("Same words.")
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=[user("n please")], n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert {c.message.content for c in reply.choices} == {"Same words."}
+    one = len(srv.tok.encode("Same words.")) + 1
+    assert reply.usage.completion_tokens == 3 * one and reply.usage.prompt_tokens == len(srv.tok.apply_chat_template([user("n please")]))
+    texts, finishes = {}, {}
+    for chunk in client.chat.completions.create(model=MODEL_NAME, messages=[user("n please")], n=2, stream=True,
+                                                stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            finishes[c.index] = c.finish_reason or finishes.get(c.index)
+        if chunk.usage:
+            assert chunk.usage.completion_tokens == 2 * one
+    assert texts == {0: "Same words.", 1: "Same words."} and finishes == {0: "stop", 1: "stop"}
+    prompt = "<|im_assistant|>assistant<|im_middle|>"
+    completion = client.completions.create(model=MODEL_NAME, prompt=prompt, n=2, max_tokens=10)
+    assert [c.text for c in completion.choices] == ["Same words.", "Same words."]
+    streamed = {}
+    for chunk in client.completions.create(model=MODEL_NAME, prompt=prompt, n=2, max_tokens=10, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed == {0: "Same words.", 1: "Same words."}
+
+
+def test_completions_take_logit_bias(srv, client, prompts):
+    srv.script("the answer")
+    prompt = "<|im_assistant|>assistant<|im_middle|>"
+    banned = srv.tok.encode("the answer")[0]
+    reply = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=3, temperature=0,
+                                      logit_bias={str(banned): -100})
+    assert prompts[-1][1].logit_bias == {banned: -100.0}
+    assert not reply.choices[0].text.startswith("the answer")  # the scripted first token was pushed out
+
+
+def test_n_choices_share_the_prompt_through_the_prefix_cache(srv, client):
+    srv.script("ok")
+    long_prompt = [{"role": "system", "content": "Share this prefix among the choices, please. " * 6}, user("go")]
+    before = srv.stats().prefix_cache_hits
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=long_prompt, n=4)
+    full_blocks = (reply.usage.prompt_tokens - 1) // 16 * 16
+    assert full_blocks >= 32 and srv.stats().prefix_cache_hits - before >= 3 * full_blocks
 
 
 # ------------------------------------------------------------------------------------------------ completions
@@ -343,12 +450,17 @@ def test_models_endpoint(srv, client):
     ("kwargs", "status", "needle"),
     [
         ({"model": "gpt-4"}, 404, "model 'gpt-4' not found"),
-        ({"n": 2}, 400, "n=2 is not supported"),
+        ({"n": 17}, 400, "n=17: must be in [1, 16]"),
         ({"max_tokens": 10_000}, 400, "max_tokens=10000 is too large"),
         ({"max_tokens": 0}, 400, "max_tokens=0"),
         ({"temperature": 5}, 400, "temperature"),
-        ({"logit_bias": {"1": 5}}, 400, "logit_bias is not supported"),
-        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"logit_bias": {"x": 5}}, 400, "logit_bias: key 'x' is not a token id"),
+        ({"logit_bias": {"1": 500}}, 400, "logit_bias"),
+        ({"logit_bias": {"999999": 1}}, 400, "logit_bias: token id 999999 is outside the vocabulary"),
+        ({"response_format": {"type": "json_schema"}}, 400, "response_format.json_schema.schema"),
+        ({"response_format": {"type": "xml"}}, 400, "response_format.type"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "propertyNames": {}}}}},
+         400, "cannot be enforced"),
         ({"top_logprobs": 2}, 400, "top_logprobs needs logprobs"),
         ({"tool_choice": "required"}, 400, "needs tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!", "parameters": {"type": "object"}}}]}, 400, "not a valid function name"),

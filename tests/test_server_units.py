@@ -176,20 +176,18 @@ def test_invalid_tool_schemas_are_refused(name, parameters, needle):
 
 
 def test_assembler_renumbers_a_repeated_tool_call_id():
-    prompt = ChatPrompt([1], "", ToolCallIdMap(history_calls=1), {"functions.f:0", "call_x"})
+    prompt = ChatPrompt([1], ToolCallIdMap(history_calls=1), {"functions.f:0", "call_x"})
     assembled = OutputAssembler(prompt)
     events = assembled.feed("<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}"
                             "<|tool_call_end|><|tool_call_begin|>functions.f:1<|tool_call_argument_begin|>{}<|tool_call_end|>")
-    events += assembled.finish(None)
+    events += assembled.finish()
     starts = [e for e in events if isinstance(e, ToolCallStart)]
     assert [e.id for e in starts] == ["functions.f:1", "functions.f:2"]  # :0 is the client's; :1 then taken by the first
     assert assembled.finish_reason("stop") == "tool_calls" and assembled.finish_reason("length") == "length"
 
 
-def test_assembler_feeds_the_prefill_first():
-    prefill = "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>"
-    assembled = OutputAssembler(ChatPrompt([1], prefill, ToolCallIdMap(), set()))
-    events = assembled.feed('{"a": 1}<|tool_call_end|>') + assembled.finish(None)
-    assert isinstance(events[0], ToolCallStart) and events[0].id == "functions.f:0"
-    assert assembled.calls[0].arguments == '{"a": 1}' and assembled.calls[0].error is None
-    assert not any(isinstance(e, ContentDelta) for e in events)
+def test_assembler_starts_in_reasoning_after_a_prefilled_think():
+    assembled = OutputAssembler(ChatPrompt([1], ToolCallIdMap(), set(), starts_in_reasoning=True))
+    events = assembled.feed("let me think</think>Answer.") + assembled.finish()
+    assert (assembled.reasoning, assembled.content) == ("let me think", "Answer.")
+    assert not any(isinstance(e, ToolCallStart) for e in events)

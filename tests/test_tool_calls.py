@@ -264,6 +264,9 @@ def test_any_chunking_gives_the_complete_result(text, cuts, reasoning, starts_in
     assert collect_events(events) == expected
     content = "".join(e.text for e in events if isinstance(e, ContentDelta))
     assert not any(marker in content for marker in TOOL_MARKERS)
+    if reasoning:
+        thought = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+        assert not any(marker in thought for marker in _REASONING_MARKERS)
     assert all(e.text for e in events if isinstance(e, (ContentDelta, ReasoningDelta)))  # no empty deltas
 
 
@@ -324,6 +327,41 @@ def test_reasoning_streams_deltas():
     assert parser.feed("nk>abc</th") == [ReasoningDelta("abc")]
     assert parser.feed("ink>answer") == [ContentDelta("answer")]
     assert parser.finish() == []
+
+
+_REASONING_MARKERS = (*TOOL_MARKERS, "<think>", "</think>")
+_unclosed_thinking = st.builds(
+    lambda prefix, reasoning, opener, calls, tail: prefix + reasoning + opener
+    + "".join(call(f"functions.{n}:{i}", a) for i, (n, a) in enumerate(calls)) + SE + tail,
+    st.sampled_from(["<think>", " <think>", ""]),
+    st.text(alphabet=st.sampled_from(list("ab <|>/\n思")), max_size=12),
+    st.sampled_from([SB, "<|tool_call_section_begin|>", ""]),  # "": the call marker itself ends the reasoning
+    st.lists(st.tuples(st.sampled_from(["get_weather", "a.b-c"]), st.sampled_from(['{"x": 1}', "{}"])), min_size=1,
+             max_size=3),
+    st.sampled_from(["", "<|im_end|>", "<think>more"]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_unclosed_thinking, st.lists(st.integers(0, 10_000), max_size=12))
+def test_calls_after_an_unclosed_think_are_calls_with_any_chunking(text, cuts):
+    starts_in_reasoning = not text.lstrip().startswith("<think>")  # the prompt ended inside a prefilled <think>
+    complete = parse_output(text, starts_in_reasoning=starts_in_reasoning)
+    events = stream(_random_chunks(text, cuts), OutputParser(True, starts_in_reasoning))
+    assert collect_events(events) == complete
+    expected = [(n, json.loads(a)) for n, a in re.findall(r"functions\.([\w.-]+):\d+<\|tool_call_argument_begin\|>(\{[^}]*\})", text)]
+    assert [(c.name, json.loads(c.arguments)) for c in complete.tool_calls] == expected
+    assert all(c.error is None for c in complete.tool_calls)
+    for field in (complete.content, complete.reasoning_content):
+        assert not any(marker in field for marker in _REASONING_MARKERS)
+
+
+def test_unclosed_think_then_call_is_a_call_not_reasoning():
+    out = parse_output("<think>I should look it up" + SB + call("functions.get_weather:0", '{"city": "Oslo"}') + SE)
+    assert out.reasoning_content == "I should look it up" and out.content == ""
+    assert [(c.name, c.arguments) for c in out.tool_calls] == [("get_weather", '{"city": "Oslo"}')]
+    bare = parse_output("checking" + call("functions.f:0", "{}"), starts_in_reasoning=True)
+    assert bare.reasoning_content == "checking" and [c.name for c in bare.tool_calls] == ["f"]
 
 
 def test_reasoning_then_tool_calls():

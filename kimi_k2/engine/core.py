@@ -1,7 +1,8 @@
 """EngineCore: requests in, one step at a time, output deltas out. Synchronous; `LLM` and `AsyncLLM` wrap it.
 
-A step = schedule (scheduler.py) → run the packed batch (model_runner.py) → sample the rows that reached their
-last token (sampler.py) → apply token-level stops (scheduler) → turn the new tokens into deltas: text through
+A step = schedule (scheduler.py) → run the packed batch (model_runner.py) → the logits hook of the rows that
+have one (logits_hook.py: logit bias, token mask, grammar) → sample the rows that reached their last token
+(sampler.py) → apply token-level stops (scheduler) → turn the new tokens into deltas: text through
 the tokenizer's incremental detokenizer (when the engine has a tokenizer), stop strings, logprobs and counts.
 
 Stop strings are matched on the decoded text; the text ends before the stop string (OpenAI semantics), and
@@ -21,6 +22,7 @@ import torch
 
 from kimi_k2.engine.block_manager import BlockManager
 from kimi_k2.engine.lockstep import LockstepRunner, PoolSettings
+from kimi_k2.engine.logits_hook import LogitsHook, advance, apply_hooks, make_hook
 from kimi_k2.engine.model_runner import ModelRunner, StepChunk
 from kimi_k2.engine.paged_cache import PagedLatentPool
 from kimi_k2.engine.sampler import SampleRequest, TokenLogprob, sample
@@ -88,6 +90,7 @@ class _Request:
     emitted_chars: int = 0
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    hook: LogitsHook | None = None  # logit bias, token mask, grammar (None: the logits are left alone)
 
 
 class EngineCore:
@@ -150,6 +153,7 @@ class EngineCore:
         self.default_temperature = default_temperature
         self.default_stop_token_ids = frozenset(default_stop_token_ids)
         self._rng = torch.Generator().manual_seed(seed)
+        self._grammar_compiler: Any = None  # built on the first grammar request (GrammarCompiler)
         self._requests: dict[str, _Request] = {}
         self._steps = self._prompt_tokens = self._generated = 0
         log.info(
@@ -183,8 +187,20 @@ class EngineCore:
             detokenizer = self.tokenizer.detokenizer(
                 skip_special_tokens=params.skip_special_tokens, keep=KEPT_SPECIAL_TOKENS
             )
+        hook = make_hook(params, self.grammar_compiler() if params.grammar is not None else None)
         self.scheduler.add(seq)
-        self._requests[request_id] = _Request(seq, generator, detokenizer)
+        self._requests[request_id] = _Request(seq, generator, detokenizer, hook=hook)
+
+    def grammar_compiler(self) -> Any:
+        """The engine's `GrammarCompiler` (compiled grammars are cached there); made on first use."""
+        if self._grammar_compiler is None:
+            if self.tokenizer is None:
+                raise ValueError("grammar: this engine has no tokenizer, so it cannot constrain output to a grammar")
+            from kimi_k2.engine.grammar import GrammarCompiler  # lazy: llguidance loads only when a grammar is used
+
+            stops = sorted(self.default_stop_token_ids) or [self.tokenizer.eos_id]
+            self._grammar_compiler = GrammarCompiler(self.tokenizer, self.cfg.vocab_size, stops)
+        return self._grammar_compiler
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its KV blocks; returns its final delta, or None if unknown/finished."""
@@ -222,6 +238,11 @@ class EngineCore:
             logits[:, self.sampleable_vocab :] = float("-inf")
         sampled_idx = [i for i, c in enumerate(out.chunks) if c.samples]
         rows = []
+        hooks = [self._requests[out.chunks[i].seq.request_id].hook for i in sampled_idx]
+        raw_logits = None  # the model's own logits when a hook changed them (reported logprobs are raw)
+        if any(h is not None for h in hooks):
+            raw_logits, logits = logits, logits.clone()
+            apply_hooks(logits, hooks, self._grammar_compiler)
         for i in sampled_idx:
             seq = out.chunks[i].seq
             request = self._requests[seq.request_id]
@@ -234,7 +255,9 @@ class EngineCore:
                     seq.output_token_ids if penalties else (),
                 )
             )
-        tokens, logprobs = sample(logits, rows) if rows else ([], [])
+        tokens, logprobs = sample(logits, rows, raw_logits) if rows else ([], [])
+        if raw_logits is not None:
+            advance(hooks, tokens, [out.chunks[i].seq.request_id for i in sampled_idx])
         self._steps += 1
         self._prompt_tokens += sum(c.num_tokens for c in out.chunks if c.seq.num_output_tokens == 0)
         self._generated += len(tokens)

@@ -109,9 +109,13 @@ def token_logprobs(logits: torch.Tensor, token_id: int, top: int) -> TokenLogpro
     return TokenLogprob(token_id, float(logp[token_id]), alternatives)
 
 
-def sample(logits: torch.Tensor, rows: Sequence[SampleRequest]) -> tuple[list[int], list[TokenLogprob | None]]:
-    """logits [N, V] for N rows → N token ids and (when a row asks) their logprobs."""
+def sample(
+    logits: torch.Tensor, rows: Sequence[SampleRequest], raw_logits: torch.Tensor | None = None
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """logits [N, V] for N rows → N token ids and (when a row asks) their logprobs, taken from `raw_logits`
+    [N, V] when given (the model's logits before the logits hook), else from `logits`."""
     logits = logits.float()
+    raw_logits = logits if raw_logits is None else raw_logits.float()
     tokens: list[int] = []
     logprobs: list[TokenLogprob | None] = []
     simple_greedy = [r.params.greedy and not r.params.uses_penalties for r in rows]
@@ -120,5 +124,5 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRequest]) -> tuple[list[in
         token = argmax[i] if simple_greedy[i] else sample_row(logits[i], row)
         tokens.append(token)
         k = row.params.logprobs
-        logprobs.append(None if k is None else token_logprobs(logits[i], token, k))
+        logprobs.append(None if k is None else token_logprobs(raw_logits[i], token, k))
     return tokens, logprobs

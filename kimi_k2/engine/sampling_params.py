@@ -7,6 +7,12 @@ HF semantics) applies to every token seen (prompt and output), `temperature == 0
 A temperature below `GREEDY_BELOW` (1e-5, vLLM's threshold too) is greedy: dividing logits by 1e-45 would
 overflow float32, and such a distribution is argmax anyway.
 
+The logits hook (`logits_hook.py`), applied before everything above, is per request and costs nothing when
+unused: `logit_bias` (OpenAI's: token id -> a value in [-100, 100] added to the logit), `masked_token_ids`
+(ids that can never be sampled) and `grammar` (an llguidance grammar, Lark syntax with `%json{…}` for JSON
+schemas: only tokens that keep the output a prefix of the grammar's language can be sampled; compiled once per
+grammar text by the engine, `grammar.py`). All three are plain data, so params still travel between processes.
+
 `temperature=None` means "the model's default": `generation_config.json`'s temperature when the checkpoint has
 one, else Kimi K2's recommended 0.6 (SPEC §5); `LLM` resolves it with `with_defaults`. Stop token ids given
 here are added to the model's default stops (EOS and `<|im_end|>`), which `ignore_eos` switches off.
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 K2_DEFAULT_TEMPERATURE = 0.6
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
 SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts: [-2**63, 2**64)
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for logit_bias values
 
 
 class SamplingParamsError(ValueError):
@@ -48,11 +55,16 @@ class SamplingParams:
     seed: int | None = None  # same seed, same prompt, same model → same output, whatever else is batched
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob plus the top-k alternatives
     skip_special_tokens: bool = True  # in the text (tool-call and think markers are always kept)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    masked_token_ids: list[int] = field(default_factory=list)  # never sampled
+    grammar: str | None = None  # llguidance grammar (Lark) the output must follow; None: free
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop_token_ids = [int(i) for i in self.stop_token_ids]
+        self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        self.masked_token_ids = [int(i) for i in self.masked_token_ids]
         self.validate()
 
     def validate(self) -> None:
@@ -86,6 +98,14 @@ class SamplingParams:
             raise bad("seed", "must be in [-2**63, 2**64) (a 64-bit seed)")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", "must be None or in [0, 20]")
+        if any(i < 0 for i in self.logit_bias):
+            raise bad("logit_bias", "token ids must be >= 0")
+        if any(not -LOGIT_BIAS_LIMIT <= v <= LOGIT_BIAS_LIMIT for v in self.logit_bias.values()):
+            raise bad("logit_bias", f"values must be in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]")
+        if any(i < 0 for i in self.masked_token_ids):
+            raise bad("masked_token_ids", "token ids must be >= 0")
+        if self.grammar is not None and not (isinstance(self.grammar, str) and self.grammar.strip()):
+            raise bad("grammar", "must be None or a non-empty grammar text")
 
     @property
     def greedy(self) -> bool:
@@ -94,6 +114,11 @@ class SamplingParams:
     @property
     def uses_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+    @property
+    def uses_logits_hook(self) -> bool:
+        """True when the logits hook changes this request's logits (bias, mask or grammar)."""
+        return bool(self.logit_bias or self.masked_token_ids or self.grammar is not None)
 
     def with_defaults(self, temperature: float = K2_DEFAULT_TEMPERATURE) -> SamplingParams:
         """A copy with `temperature=None` replaced by the model's default."""

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
-from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.engine.sampling_params import SamplingParams, SamplingParamsError
 
 
 def check_request(
@@ -32,6 +32,12 @@ def check_request(
         raise ValueError(f"{where}token id {bad} is outside the vocabulary [0, {vocab_size})")
     if len(prompt_token_ids) >= max_model_len:
         raise ValueError(f"{where}prompt has {len(prompt_token_ids)} tokens; the context limit is {max_model_len}")
+    for name, ids in (("logit_bias", params.logit_bias), ("masked_token_ids", params.masked_token_ids)):
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise SamplingParamsError(name, f"{where}{name}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+    if params.grammar is not None and not has_tokenizer:
+        raise SamplingParamsError("grammar", f"{where}a grammar needs a tokenizer; this engine has none")
     if params.stop and not has_tokenizer:
         raise ValueError(f"{where}stop strings need a tokenizer; this engine has none")
 

@@ -6,8 +6,9 @@ results right after the calls); an assistant turn's text blocks are its content,
 reasoning_content, `tool_use` blocks its tool_calls (input serialised as JSON). `is_error` results are prefixed
 with "Error: " since K2's format has no error flag. `redacted_thinking` is encrypted for Anthropic's own models
 and cannot be shown to this one: it is skipped (logged). A final assistant message is a prefill: the reply
-continues it. Images and documents are refused (text-only model); so are server tools (`bash_20250124`, ...)
-and structured outputs (`output_config.format`). Hints that mean nothing to a self-hosted server (`metadata`,
+continues it. Images and documents are refused (text-only model); so are server tools (`bash_20250124`, ...).
+Structured outputs (`output_config.format` json_schema), tools with `strict` and every `tool_choice` are
+enforced by a grammar while decoding (`constraints.py`). Hints that mean nothing to a self-hosted server (`metadata`,
 `cache_control`, `service_tier`, `speed`, `output_config.effort`, `thinking`, ...) are accepted without effect;
 reasoning is parsed from the output whatever `thinking` says. `temperature`, `top_p`, `top_k` are honoured.
 
@@ -25,8 +26,10 @@ then per block `content_block_start` / `content_block_delta` (`text_delta`, `thi
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -45,8 +48,10 @@ from kimi_k2.server.chat import (
     build_prompt,
     check_tool_results,
     check_unique_names,
+    tool_specs,
     validate_function,
 )
+from kimi_k2.server.constraints import check_schema
 from kimi_k2.server.errors import anthropic_error_body, bad_request
 from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import sse_event
@@ -139,6 +144,8 @@ def anthropic_tools(tools: list[s.AnthropicTool] | None) -> list[dict[str, Any]]
         if tool.input_schema is None:
             raise bad_request(f"tools[{i}].input_schema: required for a custom tool", f"tools[{i}].input_schema")
         validate_function(tool.name, tool.input_schema, f"tools[{i}]", "input_schema")
+        if tool.strict:
+            check_schema(tool.input_schema, f"tools[{i}].input_schema")
         function: dict[str, Any] = {"name": tool.name}
         if tool.description is not None:
             function["description"] = tool.description
@@ -161,8 +168,6 @@ def anthropic_tool_choice(choice: s.AnthropicToolChoice | None) -> ToolChoice:
 
 def _prompt(checks: RequestChecks, req: s.CountTokensRequest) -> ChatPrompt:
     checks.check_model(req.model)
-    if req.output_config is not None and req.output_config.format is not None:
-        raise bad_request("output_config.format (structured outputs) is not supported by this server", "output_config.format")
     tools = anthropic_tools(req.tools)
     choice = anthropic_tool_choice(req.tool_choice)
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
@@ -172,7 +177,20 @@ def _prompt(checks: RequestChecks, req: s.CountTokensRequest) -> ChatPrompt:
     if prefill and (messages[-1].get("tool_calls") or choice.mode in ("required", "function")):
         raise bad_request("a final assistant message (prefill) cannot contain tool_use blocks or be combined with a "
                           "tool_choice that forces a call", "messages")
-    return build_prompt(checks.tokenizer, messages, tools, choice, continue_final=prefill)
+    specs = tool_specs(tools, [bool(t.strict) for t in req.tools or ()], "tools")
+    return build_prompt(checks.tokenizer, messages, tools, choice, continue_final=prefill, specs=specs,
+                        body_schema=output_schema(req.output_config), reasoning=checks.reasoning)
+
+
+def output_schema(config: s.OutputConfig | None) -> dict[str, Any] | None:
+    """Structured outputs: `output_config.format` `{"type": "json_schema", "schema": {...}}`, else None."""
+    fmt = config.format if config is not None else None
+    if fmt is None:
+        return None
+    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise bad_request("output_config.format: expected {'type': 'json_schema', 'schema': {...}}", "output_config.format")
+    check_schema(fmt["schema"], "output_config.format.schema")
+    return fmt["schema"]
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -187,18 +205,41 @@ def _usage(out: RequestOutput) -> dict[str, Any]:
 
 def _call_input(call: AssembledCall) -> dict[str, Any] | None:
     """The call's input object, or None when it cannot be a tool_use block."""
+    return _parse_input(call)[0]
+
+
+def _parse_input(call: AssembledCall) -> tuple[dict[str, Any] | None, str]:
+    """(input object, "") or (None, why it cannot be a tool_use block)."""
     if call.error:
-        return None
+        return None, call.error
     try:
-        value = json.loads(call.arguments)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        value = json.loads(call.arguments, parse_float=_json_float)
+    except json.JSONDecodeError as exc:
+        return None, f"arguments are not valid JSON ({exc.msg})"
+    except (ValueError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
+        return None, NUMBER_TOO_LARGE
+    return (value, "") if isinstance(value, dict) else (None, "arguments are not a JSON object")
+
+
+MAX_EXACT_DIGITS = 4000  # Python writes ints of up to 4300 digits
+NUMBER_TOO_LARGE = f"a number in the arguments has more than {MAX_EXACT_DIGITS} digits: no JSON response can carry it"
+
+
+def _json_float(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; one too large for a float (`1e400`, valid JSON) is a whole
+    number, kept exactly as a Python int (a float would be inf, which no JSON response can carry). Beyond
+    MAX_EXACT_DIGITS digits it raises ValueError: the call is then returned as text (`_broken_call_text`)."""
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    exact = decimal.Decimal(text)  # raises decimal.InvalidOperation past its own exponent limit
+    if exact.adjusted() > MAX_EXACT_DIGITS:
+        raise ValueError(NUMBER_TOO_LARGE)
+    return int(exact)
 
 
 def _broken_call_text(call: AssembledCall) -> str:
-    why = call.error or "arguments are not a JSON object"
-    return f"[unparsable tool call {call.id} to {call.name!r}: {why}] {call.arguments}"
+    return f"[unparsable tool call {call.id} to {call.name!r}: {_parse_input(call)[1]}] {call.arguments}"
 
 
 def _stop_reason(assembled: OutputAssembler, last: RequestOutput) -> tuple[str, str | None]:
@@ -264,7 +305,8 @@ def prepare_messages(checks: RequestChecks, body: bytes) -> PreparedMessages:
         repetition_penalty=checks.sampling_default("repetition_penalty", None, 1.0),
         max_tokens=req.max_tokens,
         stop=stops,
-        stop_token_ids=prompt.stop_token_ids,
+        masked_token_ids=list(prompt.constraint.masked_token_ids),
+        grammar=prompt.constraint.grammar,
     )
     checks.check_engine_request(prompt.prompt_ids, params)
     return PreparedMessages(prompt, params, req.stream)
@@ -301,7 +343,7 @@ async def _full(
     finally:
         await outputs.aclose()
     last = final_output(last)
-    assembled.finish(last.stop_reason)
+    assembled.finish()
     stop_reason, stop_sequence = _stop_reason(assembled, last)
     message = _message_shell(state, message_id)
     message.update(content=_content_blocks(assembled), stop_reason=stop_reason, stop_sequence=stop_sequence, usage=_usage(last))
@@ -375,7 +417,7 @@ async def _stream(
                 yield sse_event("message_start", {"type": "message_start", "message": shell})
             events = assembled.feed(out.text)
             if out.finished:
-                events += assembled.finish(out.stop_reason)
+                events += assembled.finish()
             for event in events:
                 for line in translate(event):
                     yield line

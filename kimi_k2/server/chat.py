@@ -6,16 +6,12 @@ Request side. Each API converts its messages into the K2 chat-template form (`ro
 results are checked to answer an earlier call, client tool-call ids are mapped to K2's own form
 (`kimi_k2.tokenizer.tool_call_ids`) and the conversation is rendered with the checkpoint's chat template.
 
-tool_choice (K2 has no native switch, so it is enforced at decode time):
-* `auto`: tools in the prompt, the model decides.
-* `none`: tools left out of the prompt, and `<|tool_calls_section_begin|>` is a stop token, so no call can start.
-* `required`: the assistant turn is prefilled with `<|tool_calls_section_begin|>`; the model continues with a call.
-* a named function: prefilled up to `…<|tool_call_begin|>functions.{name}:{idx}<|tool_call_argument_begin|>`,
-  so the model writes only that call's arguments.
-* no parallel calls (`parallel_tool_calls: false`, `disable_parallel_tool_use`): `<|tool_call_end|>` is a stop
-  token; when it fires, the markup the stop cut off is fed to the parser, which closes the single call.
-The prefilled text is fed to the output parser before the first generated token, so the events describe the
-whole assistant message.
+tool_choice (K2 has no native switch, so it is enforced at decode time, `constraints.py`): `auto` lets the
+model answer or call, but only a declared tool; `none` leaves the tools out of the prompt and masks the
+tool-call markers; `required` allows only calls, a named function exactly one call to it; with parallel calls off
+(`parallel_tool_calls: false`, `disable_parallel_tool_use`) a section holds one call. With no tools, no call
+can start. `response_format` JSON is the body of the answer, tools with `strict` constrain their arguments.
+The constraint travels to the engine in the request's SamplingParams (a grammar text, or masked token ids).
 
 Output side. `OutputAssembler` runs the tokenizer's streaming `OutputParser` over the engine's text deltas
 (tool and think markers kept) and makes every new tool-call id unique against the history: the model numbers
@@ -31,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_k2.server.constraints import OutputConstraint, ToolSpec, output_constraint
 from kimi_k2.server.errors import bad_request
 from kimi_k2.tokenizer.events import (
     ContentDelta,
@@ -41,13 +38,7 @@ from kimi_k2.tokenizer.events import (
     ToolCallStart,
 )
 from kimi_k2.tokenizer.output_parser import OutputParser
-from kimi_k2.tokenizer.special_tokens import (
-    TOOL_CALL_ARGUMENT_BEGIN,
-    TOOL_CALL_BEGIN,
-    TOOL_CALL_END,
-    TOOL_CALLS_SECTION_BEGIN,
-    TOOL_CALLS_SECTION_END,
-)
+from kimi_k2.tokenizer.special_tokens import IM_END, THINK_BEGIN, THINK_END
 from kimi_k2.tokenizer.tool_call_ids import ToolCallIdMap, free_tool_call_id, is_k2_tool_call_id, map_tool_call_ids
 
 log = logging.getLogger("kimi_k2")
@@ -131,16 +122,33 @@ class ChatPrompt:
     """A rendered prompt plus what decoding and output parsing need to know about it."""
 
     prompt_ids: list[int]
-    prefill_text: str  # forced start of the assistant turn (tool_choice), fed to the parser first
     id_map: ToolCallIdMap
     history_ids: set[str]  # every tool-call id the client holds (K2 form and client form)
-    stop_token_ids: list[int] = field(default_factory=list)
     choice: ToolChoice = field(default_factory=ToolChoice)
-    section_begin_id: int | None = None
-    call_end_id: int | None = None
+    constraint: OutputConstraint = field(default_factory=OutputConstraint)
+    starts_in_reasoning: bool = False  # the prompt ends inside a prefilled <think>
 
 
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "tokenize", "chat_template"})
+
+
+def ends_inside_reasoning(tokenizer: Any, prompt_ids: Sequence[int]) -> bool:
+    """True when the prompt's last `<think>` is open: no `</think>` or `<|im_end|>` after it."""
+    think, closers = tokenizer.token_to_id(THINK_BEGIN), {tokenizer.token_to_id(THINK_END), tokenizer.token_to_id(IM_END)}
+    for token in reversed(prompt_ids):
+        if token == think:
+            return True
+        if token in closers:
+            return False
+    return False
+
+
+def tool_specs(tools: Sequence[Mapping[str, Any]] | None, strict: Sequence[bool], where: str) -> list[ToolSpec]:
+    """ToolSpecs of template-form tools; `strict[i]`: tool i's arguments must follow its parameter schema."""
+    return [
+        ToolSpec(t["function"]["name"], (t["function"].get("parameters") or {"type": "object"}) if s else None, f"{where}[{i}]")
+        for i, (t, s) in enumerate(zip(tools or (), strict))
+    ]
 
 
 def build_prompt(
@@ -150,12 +158,18 @@ def build_prompt(
     choice: ToolChoice,
     continue_final: bool = False,
     template_kwargs: dict[str, Any] | None = None,
+    *,
+    specs: Sequence[ToolSpec] = (),
+    body_schema: dict[str, Any] | None = None,
+    reasoning: bool = True,
 ) -> ChatPrompt:
-    """Map tool-call ids to K2 form, render the chat template, add the tool_choice prefill and stop ids.
+    """Map tool-call ids to K2 form, render the chat template, and work out what the reply may be.
 
     `continue_final`: the last message is a partial assistant turn to continue (rendered without its
     end-of-turn marker and without a new generation prompt). `template_kwargs`: extra template variables
-    (vLLM's `chat_template_kwargs`); the ones this function sets itself are refused.
+    (vLLM's `chat_template_kwargs`); the ones this function sets itself are refused. `specs`: the declared
+    tools for the output constraint (`tool_specs`); `body_schema`: the JSON schema of the answer
+    (`response_format`); `reasoning`: the server splits reasoning (a reply may start with `<think>`).
     """
     reserved = sorted(set(template_kwargs or ()) & RESERVED_TEMPLATE_VARIABLES)
     if reserved:
@@ -175,22 +189,13 @@ def build_prompt(
     for message in k2_messages:
         for call in message.get("tool_calls") or ():
             history_ids.add(call["id"])
-    prefill = ""
-    if choice.mode == "required":
-        prefill = TOOL_CALLS_SECTION_BEGIN
-    elif choice.mode == "function":
-        call_id = free_tool_call_id(str(choice.name), id_map.history_calls, history_ids)
-        prefill = f"{TOOL_CALLS_SECTION_BEGIN}{TOOL_CALL_BEGIN}{call_id}{TOOL_CALL_ARGUMENT_BEGIN}"
-    if prefill:
-        prompt_ids += tokenizer.encode(prefill, allow_special=True)
-    section_begin = tokenizer.token_to_id(TOOL_CALLS_SECTION_BEGIN)
-    call_end = tokenizer.token_to_id(TOOL_CALL_END)
-    stops = []
-    if choice.mode == "none":
-        stops.append(section_begin)
-    if not choice.parallel and choice.mode != "none":
-        stops.append(call_end)
-    return ChatPrompt(prompt_ids, prefill, id_map, history_ids, stops, choice, section_begin, call_end)
+    in_reasoning = reasoning and ends_inside_reasoning(tokenizer, prompt_ids)
+    allowed = [t for t in specs if choice.mode != "function" or t.name == choice.name]
+    constraint = output_constraint(
+        tokenizer, body_schema=body_schema, tools=allowed, mode=choice.mode, parallel=choice.parallel,
+        reasoning="open" if in_reasoning else "optional" if reasoning else "off",
+    )
+    return ChatPrompt(prompt_ids, id_map, history_ids, choice, constraint, in_reasoning)
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -209,24 +214,19 @@ class OutputAssembler:
 
     def __init__(self, prompt: ChatPrompt, reasoning: bool = True) -> None:
         self.prompt = prompt
-        self._parser = OutputParser(reasoning=reasoning)
+        self._parser = OutputParser(reasoning=reasoning, starts_in_reasoning=prompt.starts_in_reasoning)
         self._used = set(prompt.history_ids)
         self._next_index = prompt.id_map.history_calls
         self.content = ""
         self.reasoning = ""
         self.calls: list[AssembledCall] = []
-        self._pending: list[OutputEvent] = self._rewrite(self._parser.feed(prompt.prefill_text)) if prompt.prefill_text else []
 
     def feed(self, text: str) -> list[OutputEvent]:
-        events, self._pending = self._pending + self._rewrite(self._parser.feed(text)), []
-        return events
+        return self._rewrite(self._parser.feed(text))
 
-    def finish(self, stop_reason: int | str | None) -> list[OutputEvent]:
-        """Flush the parser; if the single-call stop fired, first restore the markup it cut off."""
-        events, self._pending = self._pending, []
-        if stop_reason is not None and stop_reason == self.prompt.call_end_id:
-            events += self._rewrite(self._parser.feed(TOOL_CALL_END + TOOL_CALLS_SECTION_END))
-        return events + self._rewrite(self._parser.finish())
+    def finish(self) -> list[OutputEvent]:
+        """Flush the parser."""
+        return self._rewrite(self._parser.finish())
 
     def _rewrite(self, events: list[OutputEvent]) -> list[OutputEvent]:
         out: list[OutputEvent] = []

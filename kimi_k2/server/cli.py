@@ -159,6 +159,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     )
     if template is not None:
         llm.tokenizer.chat_template = template
+    if llm.tokenizer is not None:  # now, not on the first constrained request (it would pause every stream ~1 s)
+        llm.engine.grammar_compiler()
     engine = AsyncLLM(llm)
     try:
         name = args.served_model_name or (model_dir.resolve().name if args.model is None or Path(args.model).is_dir()

@@ -18,6 +18,7 @@ Text completions score prompts the way lm-evaluation-harness's `local-completion
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kimi_k2.engine.sampling_params import SamplingParams
+from kimi_k2.engine.sampling_params import SEED_RANGE, SamplingParams
 from kimi_k2.server import schemas as s
 from kimi_k2.server.chat import (
     ChatPrompt,
@@ -36,8 +37,10 @@ from kimi_k2.server.chat import (
     build_prompt,
     check_tool_results,
     check_unique_names,
+    tool_specs,
     validate_function,
 )
+from kimi_k2.server.constraints import ANY_OBJECT, check_schema
 from kimi_k2.server.errors import bad_request, openai_error_body
 from kimi_k2.server.prep import RequestChecks
 from kimi_k2.server.sse import OPENAI_DONE, sse_data
@@ -47,6 +50,7 @@ from kimi_k2.server.state import (
     cancel_on_disconnect,
     final_output,
     generate,
+    generate_choices,
     make_params,
     new_request_id,
     stream_with_errors,
@@ -116,8 +120,37 @@ def openai_tools(tools: list[s.ToolDef] | None) -> list[dict[str, Any]] | None:
         return None
     for i, tool in enumerate(tools):
         validate_function(tool.function.name, tool.function.parameters, f"tools[{i}].function", "parameters")
+        if tool.function.strict:
+            check_schema(tool.function.parameters or ANY_OBJECT, f"tools[{i}].function.parameters")
     check_unique_names([t.function.name for t in tools], "tools")
     return [tool.model_dump(exclude_none=True) for tool in tools]
+
+
+def response_schema(response_format: s.ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON schema the reply must follow (`json_object`: any object), or None for free text."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return ANY_OBJECT
+    if response_format.type != "json_schema":
+        raise bad_request(f"response_format.type: {response_format.type!r} is not one of 'text', 'json_object', "
+                          "'json_schema'", "response_format.type")
+    spec = (response_format.model_extra or {}).get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise bad_request("response_format.json_schema.schema: a json_schema response format needs "
+                          "{'json_schema': {'name': ..., 'schema': {...}}}", "response_format.json_schema.schema")
+    check_schema(spec["schema"], "response_format.json_schema.schema")
+    return spec["schema"]
+
+
+def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias (token ids as strings) -> {id: bias}."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        if not key.strip().isdigit():
+            raise bad_request(f"logit_bias: key {key!r} is not a token id (a non-negative integer)", "logit_bias")
+        out[int(key)] = value
+    return out
 
 
 def openai_tool_choice(choice: str | s.NamedToolChoice | None, parallel: bool | None) -> ToolChoice:
@@ -129,11 +162,12 @@ def openai_tool_choice(choice: str | s.NamedToolChoice | None, parallel: bool | 
     return ToolChoice("function", choice.function.name, parallel=parallel_ok)
 
 
+MAX_CHOICES = 16  # n: independent samples of one prompt (each one engine sequence)
+
+
 def _reject_unsupported(req: s.SamplingFields) -> None:
-    if req.n not in (None, 1):
-        raise bad_request(f"n={req.n} is not supported: this server returns exactly one choice (n=1)", "n")
-    if req.logit_bias:
-        raise bad_request("logit_bias is not supported by this server", "logit_bias")
+    if req.n is not None and not 1 <= req.n <= MAX_CHOICES:
+        raise bad_request(f"n={req.n}: must be in [1, {MAX_CHOICES}] (choices of one request)", "n")
     if req.stream_options is not None and not req.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
@@ -146,7 +180,7 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 
 def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | None, logprobs: int | None,
-              stop_ids: list[int]) -> SamplingParams:
+              prompt: ChatPrompt | None = None) -> SamplingParams:
     """SamplingParams of a request; fields it leaves out take the checkpoint's defaults (generation_config.json)."""
     if req.stop_token_ids:
         checks.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -161,11 +195,14 @@ def _sampling(checks: RequestChecks, req: s.SamplingFields, max_tokens: int | No
         max_tokens=max_tokens,
         min_tokens=req.min_tokens or 0,
         stop=_stops(req.stop),
-        stop_token_ids=[*stop_ids, *(req.stop_token_ids or [])],
+        stop_token_ids=list(req.stop_token_ids or []),
         ignore_eos=bool(req.ignore_eos),
         skip_special_tokens=req.skip_special_tokens is not False,
         seed=req.seed,
         logprobs=logprobs,
+        logit_bias=logit_bias_ids(req.logit_bias),
+        masked_token_ids=list(prompt.constraint.masked_token_ids) if prompt else [],
+        grammar=prompt.constraint.grammar if prompt else None,
     )
 
 
@@ -245,6 +282,7 @@ class PreparedChat:
     stream: bool
     include_usage: bool
     logprobs: bool
+    n: int = 1
 
 
 def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
@@ -252,8 +290,6 @@ def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
     req = s.parse_body(s.ChatCompletionRequest, body)
     checks.check_model(req.model)
     _reject_unsupported(req)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(f"response_format type {req.response_format.type!r} is not supported (only 'text')", "response_format")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
     tools = openai_tools(req.tools)
@@ -261,15 +297,18 @@ def prepare_chat(checks: RequestChecks, body: bytes) -> PreparedChat:
     choice.check([t["function"]["name"] for t in tools or []], "tool_choice")
     messages = openai_messages(req.messages)
     check_tool_results(messages)
-    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs)
+    strict = [bool(t.function.strict) for t in req.tools or ()]
+    prompt = build_prompt(checks.tokenizer, messages, tools, choice, template_kwargs=req.chat_template_kwargs,
+                          specs=tool_specs(tools, strict, "tools"), body_schema=response_schema(req.response_format),
+                          reasoning=checks.reasoning)
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     checks.check_lengths(len(prompt.prompt_ids), max_tokens, max_field)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _sampling(checks, req, max_tokens, logprobs, prompt.stop_token_ids)
+    params = _sampling(checks, req, max_tokens, logprobs, prompt)
     checks.check_engine_request(prompt.prompt_ids, params)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return PreparedChat(prompt, params, req.stream, include_usage, bool(req.logprobs))
+    return PreparedChat(prompt, params, req.stream, include_usage, bool(req.logprobs), req.n or 1)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -278,42 +317,61 @@ async def chat_completions(request: Request) -> Response:
     job = await state.prepare(prepare_chat, await request.body())
     slot = state.admit()
     request_id = new_request_id("chatcmpl-")
-    outputs = generate(state, slot, request_id, job.prompt.prompt_ids, job.params, arrival)
+    outputs = generate_choices(state, slot, request_id, job.prompt.prompt_ids, choice_params(job.params, job.n), arrival)
     if job.stream:
-        chunks = _chat_stream(state, request_id, job.prompt, outputs, job.include_usage, job.logprobs)
+        chunks = _chat_stream(state, request_id, job.prompt, outputs, job.n, job.include_usage, job.logprobs)
         body = stream_with_errors(chunks, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
-    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, job.prompt, outputs), slot))
+    return JSONResponse(await cancel_on_disconnect(request, _chat_full(state, request_id, job.prompt, outputs, job.n), slot))
+
+
+def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """The params of n independent choices: with a seed, choice i draws from seed + i (so choice 0 is what n=1
+    gives); without one, each gets its own seed from the engine."""
+    if n == 1 or params.seed is None:
+        return [params] * n
+    low, high = SEED_RANGE
+    return [dataclasses.replace(params, seed=(params.seed + i - low) % (high - low) + low) for i in range(n)]
+
+
+def _total_usage(lasts: list[RequestOutput]) -> dict[str, Any]:
+    """Usage of n choices: the prompt once (as choice 0 read it), the completions summed."""
+    usage = _usage(lasts[0])
+    usage["completion_tokens"] = sum(out.num_completion_tokens for out in lasts)
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
 
 
 async def _chat_full(
-    state: ServerState, request_id: str, prompt: ChatPrompt, outputs: AsyncIterator[tuple[RequestOutput, float]]
+    state: ServerState, request_id: str, prompt: ChatPrompt, outputs: AsyncIterator[tuple[int, RequestOutput]], n: int
 ) -> dict[str, Any]:
-    assembled = OutputAssembler(prompt, state.reasoning)
-    logprobs: list[TokenLogprob] = []
-    last: RequestOutput | None = None
+    assembled = [OutputAssembler(prompt, state.reasoning) for _ in range(n)]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+    last: list[RequestOutput | None] = [None] * n
     try:
-        async for out, _ in outputs:
-            assembled.feed(out.text)
-            logprobs += out.logprobs or []
-            last = out
+        async for i, out in outputs:
+            assembled[i].feed(out.text)
+            logprobs[i] += out.logprobs or []
+            last[i] = out
     finally:
-        await outputs.aclose()
-    last = final_output(last)
-    assembled.finish(last.stop_reason)
-    choice = {
-        "index": 0,
-        "message": _message(assembled),
-        "logprobs": chat_logprobs(state.tokenizer, logprobs) if last.logprobs is not None else None,
-        "finish_reason": assembled.finish_reason(last.finish_reason),
-    }
+        await outputs.aclose()  # type: ignore[attr-defined]
+    lasts = [final_output(out) for out in last]
+    choices = []
+    for i, (asm, out) in enumerate(zip(assembled, lasts)):
+        asm.finish()
+        choices.append({
+            "index": i,
+            "message": _message(asm),
+            "logprobs": chat_logprobs(state.tokenizer, logprobs[i]) if out.logprobs is not None else None,
+            "finish_reason": asm.finish_reason(out.finish_reason),
+        })
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": state.model_name,
-        "choices": [choice],
-        "usage": _usage(last),
+        "choices": choices,
+        "usage": _total_usage(lasts),
         "system_fingerprint": None,
     }
 
@@ -322,41 +380,44 @@ async def _chat_stream(
     state: ServerState,
     request_id: str,
     prompt: ChatPrompt,
-    outputs: AsyncIterator[tuple[RequestOutput, float]],
+    outputs: AsyncIterator[tuple[int, RequestOutput]],
+    n: int,
     include_usage: bool,
     want_logprobs: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())
     usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         payload = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                    "system_fingerprint": None, "choices": [choice], **usage_field}
         return sse_data(payload)
 
-    assembled = OutputAssembler(prompt, state.reasoning)
-    yield chunk({"role": "assistant", "content": ""})
-    last: RequestOutput | None = None
+    assembled = [OutputAssembler(prompt, state.reasoning) for _ in range(n)]
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    last: list[RequestOutput | None] = [None] * n
     try:
-        async for out, _ in outputs:
-            last = out
-            events = assembled.feed(out.text)
+        async for i, out in outputs:
+            last[i] = out
+            events = assembled[i].feed(out.text)
             if out.finished:
-                events += assembled.finish(out.stop_reason)
+                events += assembled[i].finish()
             logprobs = chat_logprobs(state.tokenizer, out.logprobs) if want_logprobs and out.logprobs else None
             deltas = [d for d in map(_delta, events) if d]
             if not deltas and logprobs is not None:
                 deltas = [{}]
-            for i, delta in enumerate(deltas):
-                yield chunk(delta, logprobs=logprobs if i == 0 else None)
+            for j, delta in enumerate(deltas):
+                yield chunk(i, delta, logprobs=logprobs if j == 0 else None)
+            if out.finished:
+                yield chunk(i, {}, assembled[i].finish_reason(final_output(out).finish_reason))
     finally:
-        await outputs.aclose()
-    last = final_output(last)
-    yield chunk({}, assembled.finish_reason(last.finish_reason))
+        await outputs.aclose()  # type: ignore[attr-defined]
+    lasts = [final_output(out) for out in last]
     if include_usage:
         yield sse_data({"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                        "system_fingerprint": None, "choices": [], "usage": _usage(last)})
+                        "system_fingerprint": None, "choices": [], "usage": _total_usage(lasts)})
     yield OPENAI_DONE
 
 
@@ -420,6 +481,7 @@ class PreparedCompletion:
     logprobs: bool
     echo_logprobs: int | None  # top-n of the prompt's own logprobs to return (echo with logprobs), else None
     score_only: bool  # max_tokens 0: score the prompt, generate nothing
+    n: int = 1
 
 
 def prepare_completion(checks: RequestChecks, body: bytes) -> PreparedCompletion:
@@ -438,12 +500,12 @@ def prepare_completion(checks: RequestChecks, body: bytes) -> PreparedCompletion
                           "max_tokens")
     max_tokens = None if req.max_tokens == 0 else req.max_tokens
     checks.check_lengths(len(prompt_ids), max_tokens, "max_tokens", "prompt")
-    params = _sampling(checks, req, max_tokens, req.logprobs, [])
+    params = _sampling(checks, req, max_tokens, req.logprobs)
     checks.check_engine_request(prompt_ids, params)
     echo = checks.tokenizer.decode(prompt_ids) if req.echo else ""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return PreparedCompletion(prompt_ids, params, echo, req.stream, include_usage, req.logprobs is not None,
-                              req.logprobs if req.echo else None, req.max_tokens == 0)
+                              req.logprobs if req.echo else None, req.max_tokens == 0, req.n or 1)
 
 
 async def completions(request: Request) -> Response:
@@ -463,37 +525,37 @@ async def completions(request: Request) -> Response:
             slot.release()
             raise
         echoed = echo_logprobs(state.tokenizer, job.prompt_ids, scored)
-    outputs = None if job.score_only else generate(state, slot, request_id, job.prompt_ids, job.params, arrival)
-    if outputs is None:
+    outputs = None
+    if not job.score_only:
+        outputs = generate_choices(state, slot, request_id, job.prompt_ids, choice_params(job.params, job.n), arrival)
+    else:
         slot.release()
-    echo = job.echo
     if job.stream:
-        events = _completion_stream(state, request_id, outputs, len(job.prompt_ids), echo, echoed, job.include_usage,
-                                    job.logprobs)
+        events = _completion_stream(state, request_id, outputs, job, echoed)
         body = stream_with_errors(events, lambda e: sse_data(openai_error_body(e)) + OPENAI_DONE)
         return EngineStreamingResponse(body, slot)
 
     async def full() -> dict[str, Any]:
-        text, logprobs, last = echo, [], None
-        if outputs is None:
-            last = _prompt_only(request_id, len(job.prompt_ids))
-        else:
+        texts, logprobs = [job.echo] * job.n, [[] for _ in range(job.n)]
+        last: list[RequestOutput | None] = [_prompt_only(request_id, len(job.prompt_ids))] * job.n
+        if outputs is not None:
+            last = [None] * job.n
             try:
-                async for out, _ in outputs:
-                    text += out.text
-                    logprobs += out.logprobs or []
-                    last = out
+                async for i, out in outputs:
+                    texts[i] += out.text
+                    logprobs[i] += out.logprobs or []
+                    last[i] = out
             finally:
-                await outputs.aclose()
-        last = final_output(last)
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": completion_logprobs(state.tokenizer, logprobs, len(echo), echoed) if job.logprobs else None,
-            "finish_reason": last.finish_reason,
-        }
+                await outputs.aclose()  # type: ignore[attr-defined]
+        lasts = [final_output(out) for out in last]
+        choices = [{
+            "index": i,
+            "text": texts[i],
+            "logprobs": completion_logprobs(state.tokenizer, logprobs[i], len(job.echo), echoed) if job.logprobs else None,
+            "finish_reason": lasts[i].finish_reason,
+        } for i in range(job.n)]
         return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": state.model_name,
-                "choices": [choice], "usage": _usage(last)}
+                "choices": choices, "usage": _total_usage(lasts)}
 
     return JSONResponse(await cancel_on_disconnect(request, full(), slot))
 
@@ -508,40 +570,41 @@ def _prompt_only(request_id: str, num_prompt_tokens: int) -> RequestOutput:
 async def _completion_stream(
     state: ServerState,
     request_id: str,
-    outputs: AsyncIterator[tuple[RequestOutput, float]] | None,
-    num_prompt_tokens: int,
-    echo: str,
+    outputs: AsyncIterator[tuple[int, RequestOutput]] | None,
+    job: PreparedCompletion,
     echoed: dict[str, Any] | None,
-    include_usage: bool,
-    want_logprobs: bool,
 ) -> AsyncIterator[str]:
     created = int(time.time())
-    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
-    offset = len(echo)
+    usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
+    offsets = [len(job.echo)] * job.n
 
-    def chunk(text: str, finish_reason: str | None = None, logprobs: Any = None) -> str:
+    def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> str:
         return sse_data({"id": request_id, "object": "text_completion", "created": created, "model": state.model_name,
-                         "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+                         "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
                          **usage_field})
 
-    if echo:
-        yield chunk(echo, logprobs=echoed)
-    last: RequestOutput | None = None
-    if outputs is None:
-        last = _prompt_only(request_id, num_prompt_tokens)
-    else:
+    if job.echo:
+        for i in range(job.n):
+            yield chunk(i, job.echo, logprobs=echoed)
+    last: list[RequestOutput | None] = [_prompt_only(request_id, len(job.prompt_ids))] * job.n
+    if outputs is not None:
+        last = [None] * job.n
         try:
-            async for out, _ in outputs:
-                last = out
-                logprobs = completion_logprobs(state.tokenizer, out.logprobs or [], offset) if want_logprobs else None
+            async for i, out in outputs:
+                last[i] = out
+                logprobs = completion_logprobs(state.tokenizer, out.logprobs or [], offsets[i]) if job.logprobs else None
                 if out.text or logprobs:
-                    yield chunk(out.text, logprobs=logprobs)
-                offset += len(out.text)
+                    yield chunk(i, out.text, logprobs=logprobs)
+                offsets[i] += len(out.text)
+                if out.finished:
+                    yield chunk(i, "", final_output(out).finish_reason)
         finally:
-            await outputs.aclose()
-    last = final_output(last)
-    yield chunk("", last.finish_reason)
-    if include_usage:
+            await outputs.aclose()  # type: ignore[attr-defined]
+    else:
+        for i in range(job.n):
+            yield chunk(i, "", "length")
+    lasts = [final_output(out) for out in last]
+    if job.include_usage:
         yield sse_data({"id": request_id, "object": "text_completion", "created": created, "model": state.model_name,
-                        "choices": [], "usage": _usage(last)})
+                        "choices": [], "usage": _total_usage(lasts)})
     yield OPENAI_DONE

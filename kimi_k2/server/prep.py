@@ -48,6 +48,7 @@ class RequestChecks:
     vocab_size: int
     sampling_defaults: dict[str, float] = field(default_factory=dict)  # generation_config.json's, by field name
     engine_has_tokenizer: bool = True
+    reasoning: bool = True  # the server splits reasoning: a constrained reply may start with <think>
 
     def check_model(self, model: str) -> None:
         if model != self.model_name:

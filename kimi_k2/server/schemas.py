@@ -3,7 +3,7 @@
 Models are strict (`"5"` is not an int, `1.5` is not an int) and forbid unknown fields: a parameter this server
 does not implement is an error that names it, never silently ignored — the same behaviour as the real APIs
 ("Unrecognized request argument" / "Extra inputs are not permitted"). Parameters the APIs define but this server
-supports only partly (`n`, `response_format`, `logit_bias`, images, ...) are declared here and rejected with a
+supports only partly (`n`, `response_format` types, images, ...) are declared here and rejected with a
 specific message by the endpoint code. Bodies are parsed with `model_validate_json`, so malformed JSON and wrong
 types come out of the same path as one `APIError(400)`.
 
@@ -220,8 +220,8 @@ class AnthropicTool(Strict):
     input_schema: dict[str, Any] | None = None  # required for custom tools; server tools have none
     type: str | None = None  # None / "custom"; server tools ("bash_20250124", ...) are refused by name
     cache_control: dict[str, Any] | None = None
-    # Accepted hints without effect here: no constrained decoding (strict), no tool search (defer_loading).
-    strict: bool | None = None
+    strict: bool | None = None  # the input must follow input_schema (enforced by a grammar)
+    # Accepted hints without effect here: no tool search (defer_loading).
     defer_loading: bool | None = None
     eager_input_streaming: bool | None = None
     input_examples: list[dict[str, Any]] | None = None
@@ -244,7 +244,7 @@ class ThinkingConfig(Strict):
 
 class OutputConfig(Strict):
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # accepted, no effect
-    format: dict[str, Any] | None = None  # structured output: refused by the endpoint
+    format: dict[str, Any] | None = None  # structured output: {'type': 'json_schema', 'schema': {...}}
 
 
 class CountTokensRequest(Strict):

@@ -81,7 +81,7 @@ class ServerState:
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.live_stats, model_name=self.model_name)
         checks = RequestChecks(self.tokenizer, self.model_name, self.max_model_len, self.vocab_size,
-                               dict(self.sampling_defaults), self.engine_has_tokenizer)
+                               dict(self.sampling_defaults), self.engine_has_tokenizer, self.reasoning)
         self.preparer = Preparer(checks, self.prep_processes)
 
     async def prepare(self, func: Prepare[T], body: bytes) -> T:
@@ -194,6 +194,58 @@ async def generate(
             metrics.cached_prompt_tokens.inc(last.num_cached_tokens)
             metrics.generation_tokens.inc(last.num_completion_tokens)
         metrics.finished.inc(1, (last.finish_reason if last is not None and last.finished else None) or "abort")
+
+
+class _SharedSlot:
+    """What one choice of an n-choice request holds: the request's own slot is released once, by the merge."""
+
+    def release(self) -> None:
+        pass
+
+
+async def generate_choices(
+    state: ServerState, slot: Slot, request_id: str, prompt_ids: list[int], params: list[SamplingParams], arrival: float
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(choice index, delta) of `len(params)` independent samples of one prompt, as they arrive.
+
+    One choice is `generate` itself. With more, choice 0 starts first and the others once it has produced its
+    first token: its prompt is then in the prefix cache, so they compute only the last partial block. Each
+    choice is its own engine request (`{request_id}-{i}`), aborted if the merge ends early; `slot` is released
+    when the merge ends."""
+    if len(params) == 1:
+        async for out, _ in generate(state, slot, request_id, prompt_ids, params[0], arrival):
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int) -> None:
+        try:
+            async for out, _ in generate(state, _SharedSlot(), f"{request_id}-{i}", prompt_ids, params[i], arrival):  # type: ignore[arg-type]
+                queue.put_nowait((i, out, None))
+        except Exception as exc:  # handed to the merge, which raises it
+            queue.put_nowait((i, None, exc))
+            return
+        queue.put_nowait((i, None, None))
+
+    tasks = [asyncio.ensure_future(pump(0))]
+    remaining = len(params)
+    try:
+        while remaining:
+            i, out, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if len(tasks) == 1:  # choice 0 has its first token (or ended): its prompt blocks are cached
+                tasks += [asyncio.ensure_future(pump(j)) for j in range(1, len(params))]
+            if out is None:
+                remaining -= 1
+                continue
+            yield i, out
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        slot.release()
 
 
 class EngineStreamingResponse(StreamingResponse):

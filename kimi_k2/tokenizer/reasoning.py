@@ -3,7 +3,10 @@
 Rules: a `<think>` block at the start of the output (after optional whitespace) is reasoning up to `</think>`;
 with `starts_in_reasoning=True` (a template that pre-fills `<think>` in the prompt) the output begins inside
 the reasoning. A later `<think>` opens reasoning again; a stray `</think>` is dropped, so neither tag ever
-reaches `content`. Output cut inside the reasoning leaves everything in `reasoning_content`. `<|im_end|>`
+reaches `content`. Output cut inside the reasoning leaves everything in `reasoning_content`. Reasoning also ends
+at a tool-call section or call marker: K2-Thinking is known to open a call without closing `</think>`, and the
+call (marker included, passed on as content for the tool-call parser) must come back as a call. Other tool
+markup inside the reasoning is a stray and dropped, so no marker ever reaches `reasoning_content` either. `<|im_end|>`
 ends the message: anything after it is not part of this turn. Text is verbatim (no stripping) except the
 whitespace before an opening `<think>`, which belongs to no one.
 """
@@ -12,7 +15,22 @@ from __future__ import annotations
 
 from kimi_k2.tokenizer.events import ContentDelta, OutputEvent, ReasoningDelta
 from kimi_k2.tokenizer.markers import MarkerScanner, Piece
-from kimi_k2.tokenizer.special_tokens import IM_END, THINK_BEGIN, THINK_END
+from kimi_k2.tokenizer.special_tokens import (
+    IM_END,
+    THINK_BEGIN,
+    THINK_END,
+    TOOL_CALL_ARGUMENT_BEGIN,
+    TOOL_CALL_BEGIN,
+    TOOL_CALL_END,
+    TOOL_CALL_SECTION_BEGIN_SINGULAR,
+    TOOL_CALL_SECTION_END_SINGULAR,
+    TOOL_CALLS_SECTION_BEGIN,
+    TOOL_CALLS_SECTION_END,
+)
+
+CALL_OPENERS = (TOOL_CALLS_SECTION_BEGIN, TOOL_CALL_SECTION_BEGIN_SINGULAR, TOOL_CALL_BEGIN)  # end any reasoning
+# Other tool markup: dropped inside reasoning, passed on (to the tool-call parser, which drops strays) elsewhere.
+CALL_MARKUP = (TOOL_CALLS_SECTION_END, TOOL_CALL_SECTION_END_SINGULAR, TOOL_CALL_ARGUMENT_BEGIN, TOOL_CALL_END)
 
 _START, _REASONING, _CONTENT, _DONE = "start", "reasoning", "content", "done"
 
@@ -21,7 +39,7 @@ class ReasoningParser:
     """Feed text chunks; get `ReasoningDelta` / `ContentDelta` events. Call `finish()` at end of stream."""
 
     def __init__(self, starts_in_reasoning: bool = False) -> None:
-        self._scanner = MarkerScanner((THINK_BEGIN, THINK_END, IM_END))
+        self._scanner = MarkerScanner((THINK_BEGIN, THINK_END, IM_END, *CALL_OPENERS, *CALL_MARKUP))
         self._state = _REASONING if starts_in_reasoning else _START
         self._leading_ws = ""
 
@@ -59,6 +77,11 @@ class ReasoningParser:
 
     def _on_marker(self, marker: str) -> list[OutputEvent]:
         events: list[OutputEvent] = []
+        if marker in CALL_OPENERS:  # ends reasoning; the marker itself is content for the tool-call parser
+            text, self._leading_ws, self._state = self._leading_ws + marker, "", _CONTENT
+            return [ContentDelta(text)]
+        if marker in CALL_MARKUP:
+            return [] if self._state == _REASONING else [ContentDelta(marker)]
         if marker == THINK_BEGIN and self._state != _REASONING:
             self._leading_ws = ""
             self._state = _REASONING
