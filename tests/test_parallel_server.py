@@ -90,6 +90,12 @@ def test_killing_a_worker_fails_the_request_and_exits_the_server():
             if line.startswith("serving ") or time.monotonic() > deadline:
                 break
         assert server.poll() is None, "the server did not start"
+        while time.monotonic() < deadline:  # "serving" is printed before uvicorn listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
         # with --prep-processes 0 the server's only spawned children are its worker ranks
         workers = [p for p in _children(server.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
         assert len(workers) == 1
