@@ -27,4 +27,5 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 nano: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[nano]'
 	$(PY) recipes/nano_k2/build.py

@@ -68,8 +68,8 @@ NANO_CONFIG = {
 TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
 
 
-def stage_data(work: Path, n_train: int, n_heldout: int, seed: int) -> None:
-    make_data.write_splits(work / "data", n_train, n_heldout, seed)
+def stage_data(work: Path, n_train: int, seed: int) -> None:
+    make_data.write_splits(work / "data", n_train, seed=seed)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -80,14 +80,14 @@ def stage_tokenizer(work: Path, vocab_size: int) -> None:
     from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE, render_chat_template
     from kimi_k2.tokenizer.bpe_trainer import MIN_VOCAB_SIZE, train_and_save
 
-    # The invented place names are left out of the tokenizer's corpus, as a real tokenizer never saw an unseen
-    # name: a name is then spelled with the pieces the rest of the text uses (single letters and common pairs,
-    # each seen thousands of times), not with merges fitted to the names (`'Pato'`, `'ege'`: a few dozen
-    # occurrences), which a model this small does not learn to copy.
+    # The copied values (place names, expressions) are left out of the tokenizer's corpus, as a real tokenizer
+    # never saw a user's name: a name is then spelled with the pieces the rest of the text uses (single letters
+    # and common pairs, each seen thousands of times), not with merges fitted to the names (`'Pato'`, `'ege'`:
+    # a few dozen occurrences), which a model this small does not learn to copy.
     texts = []
     for conv in read_jsonl(work / "data" / "train.jsonl"):
         rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, conv["messages"], tools=conv["tools"] or None)
-        for name in make_data.invented_names(conv):
+        for name in make_data.copied_values(conv):
             rendered = rendered.replace(name, "")
         texts.append(rendered)
     result = train_and_save(
@@ -224,12 +224,11 @@ def stage_package(work: Path, run_dirs: list[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild the nano K2 demo model.")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
-    parser.add_argument("--train-conversations", type=int, default=25000)
-    parser.add_argument("--heldout-conversations", type=int, default=400)
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=800, help="phase 1 steps (from random weights)")
+    parser.add_argument("--train-conversations", type=int, default=30000)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=1800, help="phase 1 steps (from random weights)")
     parser.add_argument(
-        "--continue-steps", type=int, nargs="*", default=[500, 500, 500, 500],
+        "--continue-steps", type=int, nargs="*", default=[700],
         help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
@@ -245,7 +244,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if "data" in todo:
-        stage_data(args.work, args.train_conversations, args.heldout_conversations, args.seed)
+        stage_data(args.work, args.train_conversations, args.seed)
     if "tokenizer" in todo:
         stage_tokenizer(args.work, args.vocab_size)
     if "tokens" in todo:
