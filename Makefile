@@ -27,5 +27,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 nano: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[nano]'
 	$(PY) recipes/nano_k2/build.py

@@ -146,8 +146,8 @@ def stage_train(
     work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float, *, phase: int = 1
 ) -> Path:
     """Phase 1 trains from random weights; each later phase continues from the previous one's final checkpoint
-    (same data in another order, a fresh WSD schedule). Copying values from the question into the tool
-    arguments is learned in the later phases: numbers first, the first letter of a place name last."""
+    (same data in another order, a fresh WSD schedule at 2/3 of the peak). Each phase ends decayed, so each
+    phase's checkpoint is a finished model: the shipped recipe is the phases that made the shipped weights."""
     from kimi_k2.train.trainer import TrainConfig, Trainer, latest_checkpoint
 
     run_dir = phase_run_dir(work, phase)
@@ -175,10 +175,7 @@ def stage_train(
         eval_interval=max(1, steps // 10),
         eval_batches=10,
         ns_dtype="float32",  # bf16 Newton–Schulz is 10× slower on CPUs without bf16 units; same math
-        # Training's fast attention path (SDPA). Whether a run learns to copy a place name's first letter depends
-        # on its rounding; each phase's restart is a new chance (the shipped run learned it in phase 4), and
-        # earlier three-phase recipes often stopped near 45%. docs/nano_k2.md has the runs.
-        attention="fused",
+        attention="fused",  # training's fast attention path (SDPA); the same math as the naive reference
         bias_update_speed=1e-2,  # a short run needs faster aux-loss-free balancing than K2's schedule
         seed=phase - 1,  # phase 2 sees the windows in another order
     )
@@ -226,9 +223,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
     parser.add_argument("--train-conversations", type=int, default=30000)
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=1800, help="phase 1 steps (from random weights)")
+    parser.add_argument("--steps", type=int, default=1200, help="phase 1 steps (from random weights)")
     parser.add_argument(
-        "--continue-steps", type=int, nargs="*", default=[700],
+        "--continue-steps", type=int, nargs="*", default=[600],
         help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
