@@ -3,8 +3,9 @@
     python recipes/nano_k2/build.py            # or: make nano
 
 Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `kimi_k2/assets/nano-k2/`):
-1. data       synthetic tool-use and plain conversations (`make_data.py`), with a held-out split of unseen values
-2. tokenizer  our BPE trainer on the rendered conversations (less the invented names), K2 format with the official
+1. data       tool-use conversations with real and invented place names and numbers as users type them, declines
+              and small talk (`make_data.py`), with a held-out split of unseen values and sentences
+2. tokenizer  our BPE trainer on the rendered conversations (less the copied values), K2 format with the official
               special tokens
 3. tokens     every conversation rendered with the official chat template (our built-in default, byte-identical
               to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets
