@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal
 from typing import Any
 
 TOOLS: list[dict[str, Any]] = [
@@ -28,7 +29,7 @@ TOOLS: list[dict[str, Any]] = [
         "type": "function",
         "function": {
             "name": "calculator",
-            "description": "Evaluate an arithmetic expression with two integers.",
+            "description": "Evaluate an arithmetic expression with two numbers.",
             "parameters": {
                 "type": "object",
                 "properties": {"expression": {"type": "string", "description": "e.g. 12 * 7"}},
@@ -76,7 +77,8 @@ CONVERSIONS: dict[tuple[str, str], float | None] = {
     ("celsius", "fahrenheit"): None,
     ("meters", "feet"): 3.280840,
 }
-_EXPRESSION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*$")
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_EXPRESSION = re.compile(rf"^\s*{_NUMBER}\s*([-+*])\s*{_NUMBER}\s*$")
 
 
 def fmt_number(x: float) -> str:
@@ -93,12 +95,16 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
     return float(fmt_number(round(out, 2)))
 
 
-def calculate(expression: str) -> int:
+def calculate(expression: str) -> int | float:
+    """`A OP B` with OP one of + - * and signed decimal operands, computed exactly (`Decimal`): an int when the
+    result is whole, else the float whose shortest form is the exact decimal (`0.1 + 0.2` is 0.3, not 0.30000000000000004)
+    while the result has at most 15 significant digits, which two operands of 7 digits keep."""
     match = _EXPRESSION.match(expression)
     if not match:
-        raise ValueError(f"expected 'INT OP INT' with OP one of + - *, got {expression!r}")
-    a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
+        raise ValueError(f"expected 'NUMBER OP NUMBER' with OP one of + - *, got {expression!r}")
+    a, op, b = Decimal(match.group(1)), match.group(2), Decimal(match.group(3))
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _city_hash(city: str) -> int:

@@ -91,3 +91,59 @@ def test_answer_facts_are_whole_words():
     assert evaluate.states(answer, "Katana") and evaluate.states(answer, "-5°C") and evaluate.states(answer, "foggy")
     assert not evaluate.states(answer, "Kata")  # a different city that the right one starts with
     assert not evaluate.states("It is 15°C.", "5°C") and not evaluate.states("It is 109:08.", "09:08")
+
+
+def _recipe_module(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "recipes" / "nano_k2"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"nano_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_heldout_names_numbers_and_sentences_never_occur_in_training(tmp_path):
+    """The evaluation measures copying and paraphrase, not memory: no held-out value or sentence shape is trained on."""
+    make_data = _recipe_module("make_data")
+    make_data.write_splits(tmp_path, 3000, n_names=300, n_numbers=100, n_decline=20, n_chat=20)
+    read = lambda split: [json.loads(line) for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]  # noqa: E731
+    train, heldout = read("train"), read("heldout")
+
+    def shape(question: str, values: list[str]) -> str:
+        for value in values:
+            question = question.replace(value, "{}")
+        return question
+
+    trained_shapes, trained_values = set(), set()
+    for conv in train:
+        values = make_data.copied_values(conv)
+        trained_values.update(values)
+        trained_shapes.update(shape(m["content"], values) for m in conv["messages"] if m["role"] == "user")
+        cities = [json.loads(c["function"]["arguments"]).get("city") for m in conv["messages"] for c in m.get("tool_calls", [])]
+        assert not [city for city in cities if city and make_data.is_heldout_name(city)]
+    tool = [c for c in heldout if c["kind"] == "tool"]
+    cities = [c["expect"]["arguments"]["city"] for c in tool if "city" in c["expect"]["arguments"]]
+    assert len(set(cities)) == 300 and {"Paris", "São Paulo", "N'Djamena"} <= set(cities)
+    assert any(not c.isascii() for c in cities) and any(" " in c for c in cities) and any("-" in c for c in cities)
+    for conv in tool:
+        values = make_data.copied_values(conv)
+        assert not set(values) & trained_values
+        assert shape(conv["expect"]["question"], values) not in trained_shapes, conv["expect"]["question"]
+    for city in cities:
+        assert make_data.is_heldout_name(city)
+        assert not [v for v in trained_values if " ".join(city.casefold().replace("-", " ").split()) in make_data.word_runs(v)]
+
+
+def test_calculator_takes_signed_decimals_exactly():
+    from kimi_k2.demo_tools import calculate
+
+    assert calculate("0.1 + 0.2") == 0.3 and calculate("-1234.5 * 3.25") == -4012.125
+    assert calculate("9999999 * 9999999") == 99999980000001 and calculate("1.5 * 2") == 3
+    assert run_tool("calculator", {"expression": "2 ^ 3"})["error"].startswith("calculator: expected")

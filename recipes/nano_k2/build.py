@@ -3,8 +3,9 @@
     python recipes/nano_k2/build.py            # or: make nano
 
 Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `kimi_k2/assets/nano-k2/`):
-1. data       synthetic tool-use and plain conversations (`make_data.py`), with a held-out split of unseen values
-2. tokenizer  our BPE trainer on the rendered conversations (less the invented names), K2 format with the official
+1. data       tool-use conversations with real and invented place names and numbers as users type them, declines
+              and small talk (`make_data.py`), with a held-out split of unseen values and sentences
+2. tokenizer  our BPE trainer on the rendered conversations (less the copied values), K2 format with the official
               special tokens
 3. tokens     every conversation rendered with the official chat template (our built-in default, byte-identical
               to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets
@@ -68,8 +69,8 @@ NANO_CONFIG = {
 TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
 
 
-def stage_data(work: Path, n_train: int, n_heldout: int, seed: int) -> None:
-    make_data.write_splits(work / "data", n_train, n_heldout, seed)
+def stage_data(work: Path, n_train: int, seed: int) -> None:
+    make_data.write_splits(work / "data", n_train, seed=seed)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -80,14 +81,14 @@ def stage_tokenizer(work: Path, vocab_size: int) -> None:
     from kimi_k2.tokenizer import DEFAULT_CHAT_TEMPLATE, render_chat_template
     from kimi_k2.tokenizer.bpe_trainer import MIN_VOCAB_SIZE, train_and_save
 
-    # The invented place names are left out of the tokenizer's corpus, as a real tokenizer never saw an unseen
-    # name: a name is then spelled with the pieces the rest of the text uses (single letters and common pairs,
-    # each seen thousands of times), not with merges fitted to the names (`'Pato'`, `'ege'`: a few dozen
-    # occurrences), which a model this small does not learn to copy.
+    # The copied values (place names, expressions) are left out of the tokenizer's corpus, as a real tokenizer
+    # never saw a user's name: a name is then spelled with the pieces the rest of the text uses (single letters
+    # and common pairs, each seen thousands of times), not with merges fitted to the names (`'Pato'`, `'ege'`:
+    # a few dozen occurrences), which a model this small does not learn to copy.
     texts = []
     for conv in read_jsonl(work / "data" / "train.jsonl"):
         rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, conv["messages"], tools=conv["tools"] or None)
-        for name in make_data.invented_names(conv):
+        for name in make_data.copied_values(conv):
             rendered = rendered.replace(name, "")
         texts.append(rendered)
     result = train_and_save(
@@ -146,8 +147,8 @@ def stage_train(
     work: Path, steps: int, batch_size: int, seq_len: int, lr: float, tau: float, *, phase: int = 1
 ) -> Path:
     """Phase 1 trains from random weights; each later phase continues from the previous one's final checkpoint
-    (same data in another order, a fresh WSD schedule). Copying values from the question into the tool
-    arguments is learned in the later phases: numbers first, the first letter of a place name last."""
+    (same data in another order, a fresh WSD schedule at 2/3 of the peak). Each phase ends decayed, so each
+    phase's checkpoint is a finished model: the shipped recipe is the phases that made the shipped weights."""
     from kimi_k2.train.trainer import TrainConfig, Trainer, latest_checkpoint
 
     run_dir = phase_run_dir(work, phase)
@@ -175,10 +176,7 @@ def stage_train(
         eval_interval=max(1, steps // 10),
         eval_batches=10,
         ns_dtype="float32",  # bf16 Newton–Schulz is 10× slower on CPUs without bf16 units; same math
-        # Training's fast attention path (SDPA). Whether a run learns to copy a place name's first letter depends
-        # on its rounding; each phase's restart is a new chance (the shipped run learned it in phase 4), and
-        # earlier three-phase recipes often stopped near 45%. docs/nano_k2.md has the runs.
-        attention="fused",
+        attention="fused",  # training's fast attention path (SDPA); the same math as the naive reference
         bias_update_speed=1e-2,  # a short run needs faster aux-loss-free balancing than K2's schedule
         seed=phase - 1,  # phase 2 sees the windows in another order
     )
@@ -224,12 +222,11 @@ def stage_package(work: Path, run_dirs: list[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild the nano K2 demo model.")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
-    parser.add_argument("--train-conversations", type=int, default=25000)
-    parser.add_argument("--heldout-conversations", type=int, default=400)
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=800, help="phase 1 steps (from random weights)")
+    parser.add_argument("--train-conversations", type=int, default=30000)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=1200, help="phase 1 steps (from random weights)")
     parser.add_argument(
-        "--continue-steps", type=int, nargs="*", default=[500, 500, 500, 500],
+        "--continue-steps", type=int, nargs="*", default=[600],
         help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
@@ -245,7 +242,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if "data" in todo:
-        stage_data(args.work, args.train_conversations, args.heldout_conversations, args.seed)
+        stage_data(args.work, args.train_conversations, args.seed)
     if "tokenizer" in todo:
         stage_tokenizer(args.work, args.vocab_size)
     if "tokens" in todo:
