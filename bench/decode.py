@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_name import cpu_name  # noqa: E402
 
 from kimi_k2.config import ModelConfig, preset  # noqa: E402
 from kimi_k2.engine.core import EngineCore  # noqa: E402
@@ -42,15 +44,7 @@ from kimi_k2.planner.params import count_params  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import transformers
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_name import cpu_name  # noqa: E402
 
 from kimi_k2.engine.token_bitmask import allocate_bitmask, apply_token_bitmask  # noqa: E402
 from kimi_k2.server.constraints import json_grammar  # noqa: E402
@@ -92,12 +94,7 @@ def k2_sized_tokenizer(tiktoken_path: str | None, vocab_size: int = K2_BASE_VOCA
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, load average at start {load:.1f}"
 
