@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from cpu_name import cpu_name  # noqa: E402
 
+from kimi_k2.ports import free_port  # noqa: E402
+
 PROMPTS = [
     "Explain what a mixture-of-experts model is.",
     "Write a short poem about the sea.",
@@ -169,12 +171,6 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the server at {url} did not answer /health within {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

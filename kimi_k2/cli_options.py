@@ -132,15 +132,16 @@ def run_worker_rank(args: argparse.Namespace) -> int | None:
 
     rank, world_size, local_rank = launched
     if world_size != args.tensor_parallel_size:
-        raise ValueError(f"torchrun started {world_size} ranks but --tensor-parallel-size is {args.tensor_parallel_size}")
+        raise ValueError(f"torchrun started {world_size} ranks but --tensor-parallel-size is "
+                         f"{args.tensor_parallel_size}")
     model_dir = resolve_model(args.model)
-    dtype = auto_dtype(ModelConfig.from_pretrained(model_dir), args.weights) if args.dtype == "auto" else args.dtype
+    dtype = resolve_dtype(args, ModelConfig.from_pretrained(model_dir))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     init_group(rank, world_size, init_method="env://", backend=args.distributed_backend or default_backend(args.device),
                timeout_s=float(args.distributed_timeout))
     layout = ParallelConfig(world_size, 0, args.enable_expert_parallel, args.moe_combine)
-    run_worker(rank, world_size, local_rank, layout,
+    run_worker(rank, local_rank, layout,
                LoadOptions(str(model_dir), getattr(torch, dtype), args.weights, not args.no_mmap, args.device))
     return 0
 
@@ -166,6 +167,11 @@ def auto_dtype(config: Any, weights: str = "auto") -> str:
         return "bfloat16"
     name = str(getattr(config, "torch_dtype", "") or "").removeprefix("torch.")
     return name if name in DTYPES[1:] else "bfloat16"
+
+
+def resolve_dtype(args: argparse.Namespace, config: Any) -> str:
+    """The dtype name `--dtype` means for this checkpoint's config (`auto_dtype` when it is "auto")."""
+    return auto_dtype(config, args.weights) if args.dtype == "auto" else args.dtype
 
 
 def read_chat_template(path: str | Path) -> str:

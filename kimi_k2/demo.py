@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kimi_k2.ports import free_port
+
 # One question per kind of tool call the demo shows (a city the nano model never saw in training, a computed
 # result); ask anything else with --question.
 DEFAULT_QUESTIONS = ["What's the weather in Genova?", "What is 128 * 37?"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:

@@ -18,6 +18,7 @@ import pytest
 from kimi_k2.assets import default_model_dir
 from kimi_k2.cli import build_parser
 from kimi_k2.demo_tools import TOOLS, run_tool
+from kimi_k2.ports import free_port
 from kimi_k2.server import cli as serve_cli
 from kimi_k2.server.background import BackgroundServer
 
@@ -64,19 +65,13 @@ def test_tool_call_round_trip_on_two_ranks_equals_one_process():
     assert sharded == single
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def test_killing_a_worker_fails_the_request_and_exits_the_server():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "kimi_k2.cli", "serve", "--model", str(default_model_dir()), "--port", str(port),
@@ -125,7 +120,7 @@ def test_torchrun_ranks_answer_like_one_process():
     common = ["generate", "--prompt", QUESTION, "--max-tokens", "24", "--temperature", "0", "--threads", "1"]
     single = subprocess.run([sys.executable, "-m", "kimi_k2.cli", *common], capture_output=True, text=True, timeout=120)
     torchrun = Path(sys.executable).with_name("torchrun")
-    ranks = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+    ranks = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m",
                             "kimi_k2.cli", *common, "--tensor-parallel-size", "2"],
                            capture_output=True, text=True, timeout=240)
     assert single.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]

@@ -21,10 +21,10 @@ from typing import Any
 
 from kimi_k2.cli_options import (
     add_model_options,
-    auto_dtype,
     parallel_kwargs,
     positive_int,
     read_chat_template,
+    resolve_dtype,
     resolve_model,
     run_worker_rank,
 )
@@ -95,7 +95,7 @@ def _load(args: argparse.Namespace) -> Any:
 
     model_dir = resolve_model(args.model)
     template = read_chat_template(args.chat_template) if args.chat_template else None
-    dtype = auto_dtype(ModelConfig.from_pretrained(model_dir), args.weights) if args.dtype == "auto" else args.dtype
+    dtype = resolve_dtype(args, ModelConfig.from_pretrained(model_dir))
     print(f"loading {model_dir} ({dtype}) ...", file=sys.stderr, flush=True)
     llm = LLM(model_dir, dtype=getattr(torch, dtype), weights=args.weights, mmap=not args.no_mmap,
               int8_activations=args.int8_activations, num_threads=args.threads, kv_cache_memory=args.kv_memory,

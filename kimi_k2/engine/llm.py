@@ -113,6 +113,10 @@ class LLM:
         **engine_kwargs: Any,
     ) -> None:
         layout = ParallelConfig(tensor_parallel_size, 0, enable_expert_parallel, moe_combine)
+        if layout.is_parallel and num_threads is None:  # the ranks of this host share its cores
+            num_threads = max(1, (os.cpu_count() or 1) // layout.world_size)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         self._ranks: Ranks | None = None
         generation_config: dict[str, Any] = {}
         if isinstance(model, KimiK2ForCausalLM):
@@ -129,17 +133,12 @@ class LLM:
 
                 layout.check(ModelConfig.from_pretrained(source))  # before any process starts
                 options = LoadOptions(str(source), dtype, weights, mmap, device)
-                threads = num_threads or max(1, (os.cpu_count() or 1) // layout.world_size)
-                num_threads = threads
-                self._ranks = start_ranks(layout, options, backend=distributed_backend,
-                                          timeout_s=distributed_timeout_s, threads=threads)
-                torch.set_num_threads(threads)
+                self._ranks = start_ranks(layout, options, threads=torch.get_num_threads(),
+                                          backend=distributed_backend, timeout_s=distributed_timeout_s)
                 self.model = load_rank0(self._ranks, options)
             else:
                 self.model = load_model(source, dtype=dtype, device=device, weights=weights, mmap=mmap)
             generation_config = read_generation_config(source)
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
         if isinstance(tokenizer, (str, Path)):
             tokenizer_dir = tokenizer
             tokenizer = load_tokenizer(tokenizer_dir)

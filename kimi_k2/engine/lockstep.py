@@ -14,7 +14,6 @@ spawned workers on one host, or the ranks torchrun started.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,11 @@ from kimi_k2.parallel.launch import (
     DEFAULT_TIMEOUT_S,
     Workers,
     default_backend,
-    free_port,
     init_group,
     rank_device,
     torchrun_rank,
 )
+from kimi_k2.ports import free_port
 
 log = logging.getLogger("kimi_k2")
 
@@ -111,7 +110,7 @@ def _load(options: LoadOptions, pc: ParallelConfig, local_rank: int) -> Any:
                       parallel=pc)
 
 
-def run_worker(rank: int, world_size: int, local_rank: int, layout: ParallelConfig, options: LoadOptions) -> None:
+def run_worker(rank: int, local_rank: int, layout: ParallelConfig, options: LoadOptions) -> None:
     """Ranks 1..N-1: load this rank's shard, wait for rank 0, run steps. The process group must exist."""
     pc = layout.at_rank(rank)
     model = _load(options, pc, local_rank)
@@ -126,13 +125,13 @@ def run_worker(rank: int, world_size: int, local_rank: int, layout: ParallelConf
         dist.destroy_process_group()
 
 
-def _spawned_worker(rank: int, world_size: int, init_method: str, backend: str, timeout_s: float,
-                    layout: ParallelConfig, options: LoadOptions, threads: int) -> None:
+def _spawned_worker(rank: int, init_method: str, backend: str, timeout_s: float, layout: ParallelConfig,
+                    options: LoadOptions, threads: int) -> None:
     """The body of a worker process started by `start_ranks` on one host."""
     logging.basicConfig(level=logging.WARNING, format=f"rank {rank}: %(levelname)s %(message)s")
     torch.set_num_threads(threads)
-    init_group(rank, world_size, init_method=init_method, backend=backend, timeout_s=timeout_s)
-    run_worker(rank, world_size, rank, layout, options)
+    init_group(rank, layout.world_size, init_method=init_method, backend=backend, timeout_s=timeout_s)
+    run_worker(rank, rank, layout, options)
 
 
 @dataclass
@@ -155,10 +154,10 @@ class Ranks:
             dist.destroy_process_group()
 
 
-def start_ranks(layout: ParallelConfig, options: LoadOptions, *, backend: str | None = None,
-                timeout_s: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> Ranks:
+def start_ranks(layout: ParallelConfig, options: LoadOptions, *, threads: int, backend: str | None = None,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
     """Make this process rank 0 of `layout.world_size` ranks: under torchrun, join the group it set up; else spawn
-    ranks 1..N-1 on this host. Each worker gets `threads` torch threads (default: this host's cores / N)."""
+    ranks 1..N-1 on this host, each with `threads` torch threads."""
     backend = backend or default_backend(options.device)
     launched = torchrun_rank()
     if launched is not None:
@@ -170,9 +169,7 @@ def start_ranks(layout: ParallelConfig, options: LoadOptions, *, backend: str | 
         init_group(0, world_size, init_method="env://", backend=backend, timeout_s=timeout_s)
         return Ranks(layout, None)
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    per_rank = threads or max(1, (os.cpu_count() or 1) // layout.world_size)
-    workers = Workers(_spawned_worker, layout.world_size,
-                      (layout.world_size, init_method, backend, timeout_s, layout, options, per_rank))
+    workers = Workers(_spawned_worker, layout.world_size, (init_method, backend, timeout_s, layout, options, threads))
     workers.join_group(layout.world_size, init_method=init_method, backend=backend, timeout_s=timeout_s)
     return Ranks(layout, workers)
 

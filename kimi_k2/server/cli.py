@@ -22,11 +22,11 @@ from typing import Any
 
 from kimi_k2.cli_options import (
     add_model_options,
-    auto_dtype,
     parallel_kwargs,
     parse_bytes,
     positive_int,
     read_chat_template,
+    resolve_dtype,
     resolve_model,
     run_worker_rank,
     size_type,
@@ -142,7 +142,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ValueError(f"--max-queue {args.max_queue}: must be >= 0")
     if args.prep_processes < 0:
         raise ValueError(f"--prep-processes {args.prep_processes}: must be >= 0")
-    dtype = auto_dtype(cfg, args.weights) if args.dtype == "auto" else args.dtype
+    dtype = resolve_dtype(args, cfg)
     log.info("loading %s as %s", model_dir, dtype)
     llm = LLM(
         model_dir,
