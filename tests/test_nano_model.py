@@ -147,3 +147,15 @@ def test_calculator_takes_signed_decimals_exactly():
     assert calculate("0.1 + 0.2") == 0.3 and calculate("-1234.5 * 3.25") == -4012.125
     assert calculate("9999999 * 9999999") == 99999980000001 and calculate("1.5 * 2") == 3
     assert run_tool("calculator", {"expression": "2 ^ 3"})["error"].startswith("calculator: expected")
+
+
+def test_packing_keeps_every_conversation_whole_in_one_window():
+    build = _recipe_module("build")
+    convs = [([7] * n, [1] * n) for n in (5, 9, 3, 8, 12, 4)]
+    ids, mask, cut = build.pack_whole(convs, 10, pad_id=0)
+    assert cut == 1 and (len(ids) - 1) % 10 == 0 and len(ids) == len(mask)
+    windows = [ids[i : i + 10] for i in range(0, len(ids) - 1, 10)]
+    # every conversation's tokens are contiguous inside one window; the long one keeps its first 10 tokens
+    runs = sorted(len(run) for w in windows for run in "".join("x" if t else " " for t in w).split())
+    assert sum(runs) == 5 + 9 + 3 + 8 + 10 + 4 and max(runs) <= 10
+    assert all(m == 0 for t, m in zip(ids, mask) if t == 0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,9 +37,9 @@ import make_data  # noqa: E402  (the recipe's own data generator, beside this fi
 
 # K2's topology at a size that trains in minutes on 2 CPU cores.
 NANO_CONFIG = {
-    "hidden_size": 192,
-    "intermediate_size": 512,
-    "moe_intermediate_size": 128,
+    "hidden_size": 256,
+    "intermediate_size": 640,
+    "moe_intermediate_size": 160,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
@@ -122,20 +123,82 @@ def render_ids_and_mask(tokenizer, conv: dict) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def stage_tokens(work: Path) -> None:
+def pack_whole(conversations: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> tuple[list[int], list[int], int]:
+    """One token stream (and its loss mask) in which every conversation lies whole inside one training window.
+
+    The trainer reads window i as tokens [i·S, i·S + S] (inputs i·S.., labels i·S+1..). Each conversation goes
+    into the first window with room for it (first fit, in the data's order), the windows' ends filled with
+    `pad_id` (mask 0). So every reply the model is trained on has its whole conversation in view: the tools, the
+    question whose name it copies, the result it restates. Cut at fixed offsets instead, a window that starts
+    mid-conversation asks the model for a name whose question it cannot see, which teaches it to invent names.
+    A conversation longer than S keeps its first S tokens (every reply it keeps still sees all that came before).
+    Returns (ids, mask, how many conversations were cut to S)."""
+    windows: list[tuple[list[int], list[int]]] = []
+    open_windows: list[int] = []  # indices of windows with room left for the shortest conversation
+    shortest = min((len(ids) for ids, _ in conversations), default=0)
+    cut = 0
+    for conv_ids, conv_mask in conversations:
+        if len(conv_ids) > seq_len:
+            conv_ids, conv_mask, cut = conv_ids[:seq_len], conv_mask[:seq_len], cut + 1
+        target = next((w for w in open_windows if len(windows[w][0]) + len(conv_ids) <= seq_len), None)
+        if target is None:
+            windows.append(([], []))
+            open_windows.append(target := len(windows) - 1)
+        windows[target][0].extend(conv_ids)
+        windows[target][1].extend(conv_mask)
+        if seq_len - len(windows[target][0]) < shortest:
+            open_windows.remove(target)
+        elif len(open_windows) > 64:  # a few dozen candidates fill the windows as well as all of them, and fast
+            open_windows.pop(0)
+    ids: list[int] = []
+    mask: list[int] = []
+    for window_ids, window_mask in windows:
+        room = seq_len - len(window_ids)
+        ids += window_ids + [pad_id] * room
+        mask += window_mask + [0] * room
+    ids.append(pad_id)  # the last window's final label position
+    mask.append(0)
+    return ids, mask, cut
+
+
+_worker_tokenizer = None
+
+
+def _render_with_worker_tokenizer(conv: dict) -> tuple[list[int], list[int]]:
+    return render_ids_and_mask(_worker_tokenizer, conv)
+
+
+def _load_worker_tokenizer(path: str) -> None:
+    global _worker_tokenizer
+    from kimi_k2.tokenizer import Tokenizer
+
+    _worker_tokenizer = Tokenizer.from_pretrained(path)
+
+
+def stage_tokens(work: Path, seq_len: int) -> None:
+    import multiprocessing
+
     from kimi_k2.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(work / "tokenizer")
     for split in ("train", "heldout"):
-        all_ids: list[int] = []
-        all_mask: list[int] = []
-        for conv in read_jsonl(work / "data" / f"{split}.jsonl"):
-            ids, mask = render_ids_and_mask(tokenizer, conv)
-            all_ids += ids
-            all_mask += mask
-        np.save(work / f"{split}.npy", np.asarray(all_ids, dtype=np.uint16))
-        np.save(work / f"{split}.mask.npy", np.asarray(all_mask, dtype=np.uint8))
-        print(f"{split}: {len(all_ids):,} tokens, {sum(all_mask):,} of them assistant targets")
+        data = read_jsonl(work / "data" / f"{split}.jsonl")
+        # rendering every reply's prefixes through the template is the slow part: one process per core
+        with multiprocessing.get_context("spawn").Pool(
+            os.cpu_count(), initializer=_load_worker_tokenizer, initargs=(str(work / "tokenizer"),)
+        ) as pool:
+            conversations = pool.map(_render_with_worker_tokenizer, data, chunksize=256)
+        ids, mask, cut = pack_whole(conversations, seq_len, tokenizer.pad_id)
+        np.save(work / f"{split}.npy", np.asarray(ids, dtype=np.uint16))
+        np.save(work / f"{split}.mask.npy", np.asarray(mask, dtype=np.uint8))
+        lengths = sorted(len(c[0]) for c in conversations)
+        print(
+            f"{split}: {len(conversations):,} conversations (median {lengths[len(lengths) // 2]} tokens, longest "
+            f"{lengths[-1]}) in {len(ids) // seq_len:,} windows of {seq_len}: {len(ids):,} tokens, "
+            f"{sum(mask):,} of them assistant targets, {ids.count(tokenizer.pad_id):,} padding"
+            + (f"; {cut} conversations longer than {seq_len} keep their first {seq_len} tokens" if cut else "")
+        )
+    (work / "windows.json").write_text(json.dumps({"seq_len": seq_len}) + "\n")
 
 
 def phase_run_dir(work: Path, phase: int) -> Path:
@@ -151,6 +214,10 @@ def stage_train(
     phase's checkpoint is a finished model: the shipped recipe is the phases that made the shipped weights."""
     from kimi_k2.train.trainer import TrainConfig, Trainer, latest_checkpoint
 
+    packed = json.loads((work / "windows.json").read_text())["seq_len"]
+    if packed != seq_len:
+        raise ValueError(f"the tokens stage packed conversations into windows of {packed} tokens, not --seq-len {seq_len}: "
+                         "rerun from --from-stage tokens")  # fmt: skip
     run_dir = phase_run_dir(work, phase)
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -224,13 +291,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
     parser.add_argument("--train-conversations", type=int, default=30000)
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=1200, help="phase 1 steps (from random weights)")
+    parser.add_argument("--steps", type=int, default=2400, help="phase 1 steps (from random weights)")
     parser.add_argument(
-        "--continue-steps", type=int, nargs="*", default=[600],
+        "--continue-steps", type=int, nargs="*", default=[],
         help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=1024, help="training window; every conversation lies whole in one")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--tau", type=float, default=30.0, help="QK-Clip threshold")
     parser.add_argument("--seed", type=int, default=0)
@@ -246,7 +313,7 @@ def main() -> None:
     if "tokenizer" in todo:
         stage_tokenizer(args.work, args.vocab_size)
     if "tokens" in todo:
-        stage_tokens(args.work)
+        stage_tokens(args.work, args.seq_len)
     if "train" in todo:
         stage_train(args.work, args.steps, args.batch_size, args.seq_len, args.lr, args.tau)
     if "train2" in todo:

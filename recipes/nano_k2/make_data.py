@@ -303,7 +303,7 @@ TASKS = [weather, arithmetic, conversion, local_time]
 # Copying a name out of a sentence is the hardest skill, so the two city tools come up most often.
 TASK_WEIGHTS = [3, 2, 2, 3]
 # How many more questions (each with its own call, `functions.NAME:1`, `:2`, ...) follow the first one.
-FOLLOW_UPS = [0, 1, 1, 2, 2, 3]
+FOLLOW_UPS = [0, 1, 2, 2, 3, 3, 4]
 
 
 def pick_task(rng: random.Random):
