@@ -45,8 +45,9 @@ def compare_stages(first: Path, second: Path) -> list[str]:
 
 
 def train_records(run_dir: Path, steps: int) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if r["kind"] == "train" and r["step"] <= steps]
+    from kimi_k2.train.trainer import read_log
+
+    return [r for r in read_log(run_dir) if r["kind"] == "train" and r["step"] <= steps]
 
 
 def main() -> None:
