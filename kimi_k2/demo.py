@@ -21,9 +21,9 @@ from typing import Any
 
 from kimi_k2.ports import free_port
 
-# One question per kind of tool call the demo shows (a city the nano model never saw in training, a computed
-# result); ask anything else with --question.
-DEFAULT_QUESTIONS = ["What's the weather in Genova?", "What is 128 * 37?"]
+# Questions a new user types first: cities the nano model never saw in training (one with a non-ASCII letter), a
+# computed result. Ask anything else with --question.
+DEFAULT_QUESTIONS = ["What's the weather in Paris?", "What time is it in São Paulo?", "Compute 999 * 999"]
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
@@ -66,8 +66,25 @@ def converse(client: Any, model: str, question: str, max_rounds: int = 4) -> lis
                 result: dict[str, Any] = {"error": f"arguments are not valid JSON: {exc}"}
             else:
                 result = run_tool(call.function.name, arguments)
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
+            # letters as they are ("São Paulo", not "S\u00e3o Paulo"): the nano model was trained on that form
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result, ensure_ascii=False)})
     return messages
+
+
+def heldout_summary(model_dir: Path) -> str | None:
+    """One line of the model's held-out figures from the `eval.json` beside its weights (the nano model ships
+    one, written by `recipes/nano_k2/evaluate.py`), or None where there is none in that form."""
+    try:
+        figures = json.loads((model_dir / "eval.json").read_text(encoding="utf-8"))
+        parts = [
+            f"place names copied {figures['name_copy']:.1%} of {figures['heldout_place_names']}",
+            f"numbers {figures['number_copy']:.1%} of {figures['heldout_number_prompts']}",
+            f"right tool {figures['tool_choice']:.1%} of {figures['heldout_tool_prompts']}",
+            f"answers {figures['answer_accuracy']:.1%}",
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return "held-out   " + ", ".join(parts) + " (never seen in training; eval.json)"
 
 
 def print_transcript(messages: list[dict[str, Any]]) -> None:
@@ -97,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "kimi_k2.cli", "serve", "--model", str(model_dir), "--port", str(port),
                "--served-model-name", "nano-k2", "--max-num-seqs", "4", "--log-level", "warning"]  # fmt: skip
     print(f"model      {model_dir}")
+    summary = heldout_summary(model_dir)
+    if summary:
+        print(summary)
     print(f"server     {' '.join(['kimi-k2', *command[3:]])}")
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     server = subprocess.Popen(command, env=env)

@@ -9,6 +9,8 @@ once (module fixtures); rank 0 is this process.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -222,5 +224,7 @@ def test_gpu_check_script_runs_on_the_cpu():
     done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--preset", "tiny", "--tokens", "4",
                            "--check-tokens", "4"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "| greedy tokens equal to CPU float32 (first 4) | 4 | 4 |" in done.stdout
+    # ours must agree with the float32 reference; HF's bf16 CPU path is the peer's (its agreement depends on its
+    # kernels and this CPU's bf16 support: 2 or 4 of 4 on the machines seen), so it is reported, not asserted
+    assert re.search(r"\| greedy tokens equal to CPU float32 \(first 4\) \| 4 \| [0-4] \|", done.stdout), done.stdout
     assert "decode tok/s" in done.stdout

@@ -1,6 +1,6 @@
 """Rebuild the built-in nano K2 demo model from nothing, with the project's own stack.
 
-    python recipes/nano_k2/build.py            # or: make nano
+    python recipes/nano_k2/build.py            # or: make nano (about an hour on 2 quiet cores)
 
 Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `kimi_k2/assets/nano-k2/`):
 1. data       tool-use conversations with real and invented place names and numbers as users type them, declines
@@ -8,11 +8,14 @@ Stages (each writes into --work, default `runs/nano_k2/`; the result goes to `ki
 2. tokenizer  our BPE trainer on the rendered conversations (less the copied values), K2 format with the official
               special tokens
 3. tokens     every conversation rendered with the official chat template (our built-in default, byte-identical
-              to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets
+              to Kimi-K2-Instruct-0905's) and tokenized; assistant turns are the training targets; packed
+              first-fit into windows of --seq-len, each conversation whole inside one
 4. train      the project's trainer with MuonClip on a model of K2's exact topology (MLA with q LoRA, YaRN,
               a dense first layer, sigmoid-routed MoE with a shared expert), scaled down
 5. package    the final checkpoint in the official layout, plus its training log and charts
 6. evaluate   held-out tool-call accuracy and answer accuracy (`evaluate.py`), written to `eval.json`
+
+Beside it: `check_rebuild.py` (does a rebuild end where this build did?) and `showcase.py` (what a new user sees).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import make_data  # noqa: E402  (the recipe's own data generator, beside this file)
 
-# K2's topology at a size that trains in minutes on 2 CPU cores.
+# K2's topology at a size that trains in about an hour on 2 CPU cores.
 NANO_CONFIG = {
     "hidden_size": 256,
     "intermediate_size": 640,
@@ -291,7 +294,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nano_k2")
     parser.add_argument("--train-conversations", type=int, default=30000)
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=2400, help="phase 1 steps (from random weights)")
+    parser.add_argument("--steps", type=int, default=4000, help="phase 1 steps (from random weights)")
     parser.add_argument(
         "--continue-steps", type=int, nargs="*", default=[],
         help="steps of each further phase, each from the previous phase's weights (phases 2, 3, ...)",
@@ -328,7 +331,7 @@ def main() -> None:
              "--out", str(ASSET / "eval.json")],
             check=True,
         )
-    print(f"done in {(time.time() - started) / 60:.1f} min: {ASSET}")
+    print(f"done in {(time.time() - started) / 60:.1f} min" + (f": {ASSET}" if "package" in todo else f": {args.work}"))
 
 
 if __name__ == "__main__":
