@@ -162,3 +162,4 @@ def test_packing_keeps_every_conversation_whole_in_one_window():
         assert len(at) == min(n, 10) and at == list(range(at[0], at[0] + len(at)))
         assert at[0] // 10 == at[-1] // 10
     assert all(m == (t != 0) for t, m in zip(ids, mask))
+    assert ids.count(0) == len(ids) - sum(min(n, 10) for n in lengths)  # the padding stage_tokens reports

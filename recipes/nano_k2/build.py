@@ -195,10 +195,11 @@ def stage_tokens(work: Path, seq_len: int) -> None:
         np.save(work / f"{split}.npy", np.asarray(ids, dtype=np.uint16))
         np.save(work / f"{split}.mask.npy", np.asarray(mask, dtype=np.uint8))
         lengths = sorted(len(c[0]) for c in conversations)
+        padding = len(ids) - sum(min(n, seq_len) for n in lengths)  # what pack_whole added around the kept tokens
         print(
             f"{split}: {len(conversations):,} conversations (median {lengths[len(lengths) // 2]} tokens, longest "
             f"{lengths[-1]}) in {len(ids) // seq_len:,} windows of {seq_len}: {len(ids):,} tokens, "
-            f"{sum(mask):,} of them assistant targets, {ids.count(tokenizer.pad_id):,} padding"
+            f"{sum(mask):,} of them assistant targets, {padding:,} padding"
             + (f"; {cut} conversations longer than {seq_len} keep their first {seq_len} tokens" if cut else "")
         )
     (work / "windows.json").write_text(json.dumps({"seq_len": seq_len}) + "\n")

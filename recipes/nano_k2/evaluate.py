@@ -63,14 +63,13 @@ def rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def evaluate(model_dir: Path, data: Path, limit: int | None = None) -> dict[str, Any]:
-    from kimi_k2 import LLM, SamplingParams
+def judge(llm, conversations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per conversation (the held-out file's form): the greedy reply to its question, judged; for a
+    tool question also the reply to the expected call's result (`answer`, `correct_answer`)."""
+    from kimi_k2 import SamplingParams
     from kimi_k2.tokenizer import parse_output
 
-    llm = LLM(model_dir)
     greedy = SamplingParams(temperature=0.0, max_tokens=96)
-    conversations = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
-
     first = llm.generate([llm.encode_chat(question_prefix(c), c["tools"]) for c in conversations], greedy)
     records: list[dict[str, Any]] = []
     followups: list[list[int]] = []
@@ -112,7 +111,15 @@ def evaluate(model_dir: Path, data: Path, limit: int | None = None) -> dict[str,
         answer = parse_output(out.text, reasoning=False).content
         record["answer"] = answer
         record["correct_answer"] = all(states(answer, fact) for fact in conv["expect"]["facts"])
+    return records
 
+
+def evaluate(model_dir: Path, data: Path, limit: int | None = None) -> dict[str, Any]:
+    from kimi_k2 import LLM
+
+    conversations = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+    records = judge(LLM(model_dir), conversations)
+    tool_records = [r for r in records if r["kind"] == "tool"]
     names = [r for r in tool_records if "city" in r["expected"]["arguments"]]
     numbers = [r for r in tool_records if "city" not in r["expected"]["arguments"]]
     by_shape: dict[str, list[bool]] = {}

@@ -3,10 +3,11 @@
 The held-out evaluation (`evaluate.py`) measures copying over hundreds of generated questions; this is the
 first-impression check the README reports: plain questions as people write them (the issue's own examples among
 them: Paris, London, San Francisco, New York, 999 * 999, "how warm is it in Tokyo"), every place name one the
-recipe holds out of training. Each question is decoded greedily with the four demo tools declared; the call must
-be the expected tool with the expected arguments, and the answer, given the tool's result, must state it. The
-result is sent as `kimi-k2 demo` sends it: JSON with its letters as they are (`"São Paulo"`), the form the model
-was trained on; it does not decode `\\u00e3`-style escapes (`json.dumps`' default), see docs/nano_k2.md.
+recipe holds out of training. Each is judged as `evaluate.py` judges a held-out question: decoded greedily with
+the four demo tools declared, the call must be the expected tool, id and arguments, and the answer, given the
+expected call and the tool's result, must state it. The result is sent as `kimi-k2 demo` sends it: JSON with its
+letters as they are (`"São Paulo"`), the form the model was trained on; it does not decode `\\u00e3`-style
+escapes (`json.dumps`' default), see docs/nano_k2.md.
 
     python recipes/nano_k2/showcase.py                       # the shipped model; a markdown table
     python recipes/nano_k2/showcase.py --model DIR
@@ -23,7 +24,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from evaluate import same_arguments, states  # noqa: E402  (beside this file)
+import make_data  # noqa: E402  (beside this file)
+from evaluate import judge  # noqa: E402
 
 # (question, tool, arguments): what a new user types, and the call that answers it.
 QUESTIONS: list[tuple[str, str, dict[str, Any]]] = [
@@ -57,30 +59,20 @@ def result_facts(tool: str, arguments: dict[str, Any], result: dict[str, Any]) -
     return [json.dumps(result["result"])]
 
 
-def ask(llm, question: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    from kimi_k2 import SamplingParams
+def conversation(question: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The question in the held-out file's form (`make_data.py`), the demo tools' own result as the tool's."""
     from kimi_k2.demo_tools import TOOLS, run_tool
+
+    result = run_tool(tool, arguments)
+    task = {"question": question, "name": tool, "arguments": arguments, "result": result, "answer": "",
+            "facts": result_facts(tool, arguments, result)}  # fmt: skip
+    return {"kind": "tool", "messages": make_data.tool_turn(task, 0)[:3], "tools": TOOLS, "expect": task}
+
+
+def shown_call(output: str) -> str:
     from kimi_k2.tokenizer import parse_output
 
-    greedy = SamplingParams(temperature=0.0, max_tokens=96)
-    messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
-    first = parse_output(llm.chat(messages, greedy, tools=TOOLS).text, reasoning=False)
-    calls = [(c.name, c.arguments) for c in first.tool_calls]
-    try:
-        got = [(name, json.loads(args)) for name, args in calls]
-    except json.JSONDecodeError:
-        got = []
-    call_ok = len(got) == 1 and got[0][0] == tool and same_arguments(got[0][1], arguments)
-    result = run_tool(tool, arguments)
-    messages += [
-        {"role": "assistant", "content": "", "tool_calls": [{"id": f"functions.{tool}:0", "type": "function",
-                                                             "function": {"name": tool, "arguments": json.dumps(arguments)}}]},
-        {"role": "tool", "tool_call_id": f"functions.{tool}:0", "content": json.dumps(result, ensure_ascii=False)},
-    ]  # fmt: skip
-    answer = parse_output(llm.chat(messages, greedy, tools=TOOLS).text, reasoning=False).content.strip()
-    answer_ok = all(states(answer, fact) for fact in result_facts(tool, arguments, result))
-    shown = ", ".join(f"{name}({args})" for name, args in calls) or "(no call)"
-    return {"question": question, "call": shown, "call_ok": call_ok, "answer": answer, "answer_ok": answer_ok}
+    return ", ".join(f"{c.name}({c.arguments})" for c in parse_output(output, reasoning=False).tool_calls) or "(no call)"
 
 
 def main() -> None:
@@ -90,14 +82,14 @@ def main() -> None:
     from kimi_k2 import LLM
     from kimi_k2.assets import default_model_dir
 
-    llm = LLM(args.model or default_model_dir())
-    rows = [ask(llm, *q) for q in QUESTIONS]
+    rows = judge(LLM(args.model or default_model_dir()), [conversation(*q) for q in QUESTIONS])
     mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     print("| question | the model's call | | its answer to the result | |")
     print("|---|---|:-:|---|:-:|")
     for r in rows:
-        print(f"| {r['question']} | `{r['call']}` | {mark(r['call_ok'])} | {r['answer']} | {mark(r['answer_ok'])} |")
-    calls, answers = sum(r["call_ok"] for r in rows), sum(r["answer_ok"] for r in rows)
+        answer = r["answer"].strip()
+        print(f"| {r['question']} | `{shown_call(r['output'])}` | {mark(r['correct_call'])} | {answer} | {mark(r['correct_answer'])} |")
+    calls, answers = sum(r["correct_call"] for r in rows), sum(r["correct_answer"] for r in rows)
     print(f"\n{calls} of {len(rows)} calls right, {answers} of {len(rows)} answers right")
 
 
